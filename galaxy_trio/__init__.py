@@ -1,0 +1,1 @@
+"""galaxy_trio: device-fleet registration and control on trio."""

@@ -1,0 +1,136 @@
+"""A WebSocket link that carries AIP frames, shared by the manager, the server and the agent.
+
+This is the one edge where trio-websocket's and the OS's exceptions become galaxy_trio's own
+(:class:`~galaxy_trio.errors.LinkError` and its subclasses), so nothing above it catches library internals.
+Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import trio
+import trio_websocket
+
+from .aip import ClientMessage, ServerMessage, encode_text
+from .errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed
+
+__all__ = ["CLOSE_GRACE", "DEFAULT_MAX_FRAME", "Link", "open_link"]
+
+#: Default bound on one incoming frame. UFO allows 100 MiB (a memory-exhaustion hazard); 1 MiB holds the largest
+#: real frame (a list_tools result) several hundred times over.
+DEFAULT_MAX_FRAME: Final = 1 << 20
+
+#: How long a closing handshake may take before the socket is simply dropped. Cleanup is bounded, never a hang.
+CLOSE_GRACE: Final = 2.0
+
+#: WebSocket close codes used by galaxy_trio.
+CLOSE_NORMAL: Final = 1000
+CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_POLICY_VIOLATION: Final = 1008
+
+
+class Link:
+    """An open WebSocket carrying AIP text frames.
+
+    Only one task may call :meth:`receive` (trio-websocket already runs a reader task that feeds a bounded queue);
+    any task may :meth:`send`.
+    """
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed is not None
+
+    @property
+    def remote(self) -> str:
+        return str(self._ws.remote)
+
+    async def send(self, message: ClientMessage | ServerMessage) -> None:
+        """Send one message as a text frame. Raises :class:`LinkClosed` if the link is gone."""
+        await self.send_text(encode_text(message))
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send_message(text)
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed(exc) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise LinkClosed() from None
+
+    async def receive(self) -> str:
+        """The next text frame. Raises :class:`LinkClosed` when the link closes, :class:`BinaryFrame` on binary."""
+        try:
+            message = await self._ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed(exc) from None
+        if isinstance(message, bytes):
+            raise BinaryFrame(len(message))
+        return message
+
+    async def aclose(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
+        """Close with a closing handshake, bounded by :data:`CLOSE_GRACE` and shielded from cancellation."""
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            try:
+                await self._ws.aclose(code, reason)
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+def _closed(exc: trio_websocket.ConnectionClosed) -> LinkClosed:
+    reason = exc.reason
+    if reason is None:
+        return LinkClosed()
+    return LinkClosed(reason.code, reason.reason)
+
+
+@asynccontextmanager
+async def open_link(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    max_message_size: int = DEFAULT_MAX_FRAME,
+) -> AsyncIterator[Link]:
+    """Open a client link to ``url`` (``ws://`` or ``wss://``) and close it on exit.
+
+    The caller's cancel scope bounds the handshake. Raises :class:`HandshakeRejected` for an HTTP error status,
+    :class:`ConnectFailed` for any other failure to connect. The URL (which may hold a token) never appears in
+    an exception raised here.
+    """
+    try:
+        cm = trio_websocket.open_websocket_url(
+            url,
+            ssl_context,
+            max_message_size=max_message_size,
+            connect_timeout=math.inf,
+            disconnect_timeout=CLOSE_GRACE,
+        )
+    except ValueError as exc:  # bad scheme or port in the URL
+        raise ConnectFailed(f"invalid WebSocket URL: {exc}") from None
+    link: Link | None = None
+    try:
+        async with cm as ws:
+            link = Link(ws)
+            try:
+                yield link
+            finally:
+                await link.aclose()
+    except trio_websocket.ConnectionRejected as exc:
+        raise HandshakeRejected(exc.status_code) from None
+    except trio_websocket.DisconnectionTimeout:
+        if link is None:
+            raise ConnectFailed("closing handshake timed out") from None
+    except trio_websocket.HandshakeError as exc:
+        cause = exc.__cause__ or exc.__context__
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else type(exc).__name__
+        raise ConnectFailed(f"WebSocket handshake failed ({detail})") from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise ConnectFailed(f"connection failed ({type(exc).__name__}: {exc})") from None

@@ -31,6 +31,7 @@ __all__ = [
     "device_info_request",
     "device_info_response",
     "device_register",
+    "device_task_request",
     "heartbeat",
     "heartbeat_ack",
     "registration_confirmation",
@@ -133,6 +134,25 @@ def task_request(client_id: str, device_id: str, *, session_id: str, task_name: 
         target_id=device_id,
         request=request,
         timestamp=utc_timestamp(),
+    )
+
+
+def device_task_request(device_id: str, *, task_name: str | None, request: str, platform: str) -> ClientMessage:
+    """A device's own TASK, as UFO's device sends it on a server-pushed TASK (PROTOCOL.md §8.7 step 2).
+
+    ``session_id`` stays null (the server creates the session and acks with its id); ``metadata`` carries the
+    platform, from which the server picks the agent type.
+    """
+    return ClientMessage(
+        type=ClientMessageType.TASK,
+        status=TaskStatus.CONTINUE,
+        client_type=ClientType.DEVICE,
+        task_name=task_name,
+        client_id=device_id,
+        request=request,
+        timestamp=utc_timestamp(),
+        request_id=new_id(),
+        metadata={"platform": platform},
     )
 
 

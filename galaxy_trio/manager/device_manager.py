@@ -1,0 +1,527 @@
+"""ConstellationDeviceManager: turns configured devices into connected, profiled, task-ready agents.
+
+Each device gets one long-lived runner task in the manager's nursery. The runner loops over connection attempts;
+each attempt opens its own nursery (the link's reader, then its heartbeats) and walks the phases:
+
+    connect (phase 2) → register (phase 3) → telemetry (phase 4) → activate (phase 5, IDLE + heartbeats)
+
+Every phase is bounded by one cancel scope whose deadline moves from phase to phase, so a stalled handshake or a
+server that never confirms REGISTER costs exactly its timeout. Failures that retrying can fix are retried with
+exponential backoff and full jitter up to ``max_retries`` consecutive attempts; the rest (HTTP 401/403, a
+duplicate client_id, any other rejection) fail the device at once with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+import trio
+
+from ..aip import ServerMessage, builders
+from ..backoff import Backoff
+from ..config import DeviceConfig, ManagerSettings
+from ..errors import GalaxyTrioError, LinkError
+from . import tasks as _tasks
+from .activate import keep_alive
+from .connect import client_ssl_context, is_permanent, open_link
+from .events import EventHub, EventKind, EventSubscription
+from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
+from .register import RegistrationRejected, register
+from .session import ClientSession
+from .telemetry import fetch_system_info, merge_system_info
+
+__all__ = ["ConstellationDeviceManager", "DeviceAlreadyRegistered", "UnknownDevice"]
+
+logger = logging.getLogger("galaxy_trio.manager")
+
+_SETTLED = frozenset({DeviceStatus.IDLE, DeviceStatus.FAILED})
+
+
+class UnknownDevice(GalaxyTrioError, KeyError):
+    """No device with that id is registered; the message lists the ones that are."""
+
+    def __init__(self, device_id: str, known: Iterable[str]) -> None:
+        ids = sorted(known)
+        listing = ", ".join(repr(i) for i in ids[:20]) + (f" … ({len(ids)} in all)" if len(ids) > 20 else "")
+        super().__init__(f"unknown device {device_id!r}; registered devices: {listing or 'none'}")
+        self.device_id = device_id
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class DeviceAlreadyRegistered(GalaxyTrioError, ValueError):
+    """``register_device`` was called twice for one device id."""
+
+
+class _Device:
+    """The manager's private per-device state: the public profile plus what drives it."""
+
+    __slots__ = (
+        "changed",
+        "connect_url",
+        "profile",
+        "queued",
+        "runner",
+        "session",
+        "settled",
+        "slot",
+        "ssl_context",
+    )
+
+    def __init__(self, profile: AgentProfile, connect_url: str, ssl_context: ssl.SSLContext | None) -> None:
+        self.profile = profile
+        self.connect_url = connect_url  # may hold the token: never log it, never put it in a profile
+        self.ssl_context = ssl_context
+        self.runner: trio.CancelScope | None = None
+        self.session: ClientSession | None = None
+        self.settled = trio.Event()
+        self.changed = trio.Event()
+        #: One task at a time per device; trio.Semaphore wakes waiters in FIFO order.
+        self.slot = trio.Semaphore(1)
+        self.queued = 0
+
+    def __repr__(self) -> str:
+        return f"<device {self.profile.device_id} {self.profile.status.value}>"
+
+
+class ConstellationDeviceManager:
+    """Registers devices, keeps them connected and IDLE, and runs tasks on them.
+
+    Use it as an async context manager; it owns a nursery that holds one runner per device::
+
+        async with ConstellationDeviceManager(task_name="office") as manager:
+            ok = await manager.register_device("windowsagent", "ws://127.0.0.1:5005/ws?token=…")
+
+    Leaving the context closes every link (each close shielded and bounded) and leaves no task behind.
+    """
+
+    def __init__(
+        self,
+        task_name: str | None = None,
+        *,
+        settings: ManagerSettings | None = None,
+        heartbeat_interval: float | None = None,
+        heartbeat_timeout: float | None = None,
+        reconnect_delay: float | None = None,
+        backoff_cap: float | None = None,
+        connect_timeout: float | None = None,
+        register_timeout: float | None = None,
+        telemetry_timeout: float | None = None,
+        task_timeout: float | None = None,
+        task_queue_size: int | None = None,
+        event_buffer: int | None = None,
+    ) -> None:
+        overrides: dict[str, Any] = {
+            key: value
+            for key, value in {
+                "task_name": task_name,
+                "heartbeat_interval": heartbeat_interval,
+                "heartbeat_timeout": heartbeat_timeout,
+                "reconnect_delay": reconnect_delay,
+                "backoff_cap": backoff_cap,
+                "connect_timeout": connect_timeout,
+                "register_timeout": register_timeout,
+                "telemetry_timeout": telemetry_timeout,
+                "task_timeout": task_timeout,
+                "task_queue_size": task_queue_size,
+                "event_buffer": event_buffer,
+            }.items()
+            if value is not None
+        }
+        base = settings if settings is not None else ManagerSettings()
+        self.settings: ManagerSettings = msgspec.structs.replace(base, **overrides)
+        _check_settings(self.settings)
+        self.task_name = self.settings.task_name
+        self._backoff = Backoff(
+            self.settings.reconnect_delay, max(self.settings.backoff_cap, self.settings.reconnect_delay)
+        )
+        self._devices: dict[str, _Device] = {}
+        self._hub = EventHub(self.settings.event_buffer)
+        self._tasks = _tasks.TaskBook()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._closed = False
+
+    # --- lifetime ----------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._nursery is not None or self._closed:
+            raise RuntimeError("a ConstellationDeviceManager can be entered only once")
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        assert self._nursery is not None
+        self._closed = True
+        self._nursery.cancel_scope.cancel()
+        # The body's own exception (if any) propagates unwrapped; runners never raise, so the nursery exits
+        # cleanly once every link is closed (each close is shielded and bounded by CLOSE_GRACE).
+        assert self._nursery_cm is not None
+        await self._nursery_cm.__aexit__(None, None, None)
+        for device in self._devices.values():
+            if device.profile.status is not DeviceStatus.DISCONNECTED:
+                self._set_status(device, DeviceStatus.DISCONNECTED, "manager closed")
+        self._hub.close()
+        return False
+
+    def _require_nursery(self) -> trio.Nursery:
+        if self._nursery is None or self._closed:
+            raise RuntimeError("use the manager inside 'async with ConstellationDeviceManager(...) as manager:'")
+        return self._nursery
+
+    # --- phase 1: registration in the local registry -----------------------------------------------------------
+
+    def add_device(self, config: DeviceConfig, *, environ: dict[str, str] | None = None) -> AgentProfile:
+        """Register a device from its config entry; connect it in the background if ``auto_connect``.
+
+        Returns a snapshot of its profile (status DISCONNECTED, or CONNECTING once the runner starts).
+        """
+        if config.device_id in self._devices:
+            raise DeviceAlreadyRegistered(f"device {config.device_id!r} is already registered")
+        connect_url = config.resolve_url() if environ is None else config.resolve_url(environ)
+        profile = AgentProfile(
+            device_id=config.device_id,
+            server_url=config.display_url,
+            os=config.os,
+            capabilities=list(config.capabilities),
+            metadata=dict(config.metadata),
+            max_retries=config.max_retries,
+        )
+        device = _Device(profile, connect_url, client_ssl_context(config.ca_file))
+        self._devices[config.device_id] = device
+        logger.info("device %s registered (%s)", config.device_id, profile.server_url)
+        if config.auto_connect:
+            self._start(device)
+        return profile.snapshot()
+
+    def add_devices(self, configs: Iterable[DeviceConfig]) -> None:
+        """Register many devices at once; they connect concurrently. Pair with :meth:`wait_until_settled`."""
+        for config in configs:
+            self.add_device(config)
+
+    async def register_device(
+        self,
+        device_id: str,
+        server_url: str,
+        os: str | None = None,
+        capabilities: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        max_retries: int = 5,
+        auto_connect: bool = True,
+        *,
+        token_env: str | None = None,
+        ca_file: str | None = None,
+    ) -> bool:
+        """Register a device (the flow document's signature) and, with ``auto_connect``, bring it up.
+
+        With ``auto_connect`` this waits until the device settles and returns ``True`` if it is IDLE, ``False`` if
+        it FAILED. Without it, the device is only recorded (DISCONNECTED) and ``True`` is returned.
+        """
+        self._require_nursery()
+        # Validated exactly as a config file entry would be: a bad value raises ConfigError naming the field.
+        config = DeviceConfig(
+            device_id=device_id,
+            server_url=server_url,
+            os=os,
+            capabilities=tuple(capabilities or ()),
+            metadata=dict(metadata or {}),
+            max_retries=max_retries,
+            auto_connect=auto_connect,
+            token_env=token_env,
+            ca_file=ca_file,
+        )
+        self.add_device(config)
+        if not auto_connect:
+            return True
+        profile = await self.wait_for_device(device_id)
+        return profile.status is DeviceStatus.IDLE
+
+    # --- control -----------------------------------------------------------------------------------------------
+
+    async def connect_device(self, device_id: str) -> bool:
+        """(Re)start connecting a device — the way out of FAILED — and wait until it settles; ``True`` if IDLE."""
+        device = self._get(device_id)
+        if device.runner is None:
+            device.profile.connection_attempts = 0
+            self._start(device)
+        profile = await self.wait_for_device(device_id)
+        return profile.status is DeviceStatus.IDLE
+
+    async def disconnect_device(self, device_id: str) -> bool:
+        """Close a device's link and stop reconnecting it; ``True`` if it was running."""
+        device = self._get(device_id)
+        runner = device.runner
+        if runner is None:
+            if device.profile.status is DeviceStatus.FAILED:
+                self._set_status(device, DeviceStatus.DISCONNECTED, "disconnected by request")
+            return False
+        runner.cancel()
+        while device.runner is runner:
+            await _wait(device.changed)
+        return True
+
+    async def wait_for_device(self, device_id: str) -> AgentProfile:
+        """Wait until the device is IDLE or FAILED (or not running at all) and return a snapshot of its profile."""
+        device = self._get(device_id)
+        while device.runner is not None and device.profile.status not in _SETTLED:
+            await _wait(device.changed)
+        return device.profile.snapshot()
+
+    async def wait_until_settled(self, device_ids: Iterable[str] | None = None) -> dict[str, AgentProfile]:
+        """Wait until every (given) running device is IDLE or FAILED; return their profiles."""
+        ids = list(self._devices) if device_ids is None else list(device_ids)
+        for device_id in ids:
+            await self.wait_for_device(device_id)
+        return {device_id: self._devices[device_id].profile.snapshot() for device_id in ids}
+
+    def subscribe(self, buffer: int | None = None) -> EventSubscription:
+        """A new event subscription (status changes, telemetry, missed heartbeats, tasks).
+
+        Use as ``with manager.subscribe() as events: async for event in events: ...``. Its buffer holds
+        ``buffer`` (default: the ``event_buffer`` setting) events; past that, events are dropped for this
+        subscriber only and counted in ``dropped`` — the manager never waits for a reader.
+        """
+        return self._hub.subscribe(buffer)
+
+    # --- queries -----------------------------------------------------------------------------------------------
+
+    def get_device_info(self, device_id: str) -> AgentProfile | None:
+        """A snapshot of the device's profile, or ``None`` if no such device is registered."""
+        device = self._devices.get(device_id)
+        return None if device is None else device.profile.snapshot()
+
+    def get_all_devices(self) -> dict[str, AgentProfile]:
+        """Snapshots of every registered device's profile, by device id."""
+        return {device_id: device.profile.snapshot() for device_id, device in self._devices.items()}
+
+    def get_connected_devices(self) -> list[str]:
+        """Ids of the devices with a live link: CONNECTED, IDLE or BUSY."""
+        return [i for i, d in self._devices.items() if d.profile.status in CONNECTED_STATUSES]
+
+    # --- tasks (see tasks.py) ----------------------------------------------------------------------------------
+
+    async def assign_task_to_device(
+        self,
+        task_id: str,
+        device_id: str,
+        task_description: str,
+        task_data: dict[str, Any] | None = None,
+    ) -> _tasks.TaskResult:
+        """Run one task on a device and return its result (see :mod:`galaxy_trio.manager.tasks`)."""
+        device = self._get(device_id)
+        return await _tasks.run_task(self, device, task_id, task_description, task_data)
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    def _get(self, device_id: str) -> _Device:
+        try:
+            return self._devices[device_id]
+        except KeyError:
+            raise UnknownDevice(device_id, self._devices) from None
+
+    def _start(self, device: _Device) -> None:
+        nursery = self._require_nursery()
+        device.runner = trio.CancelScope()
+        if device.profile.status in _SETTLED:
+            device.settled = trio.Event()
+        nursery.start_soon(self._run_device, device, device.runner, name=f"device:{device.profile.device_id}")
+
+    def _set_status(self, device: _Device, new: DeviceStatus, reason: str | None = None) -> None:
+        profile = device.profile
+        old = profile.status
+        if old is new:
+            return
+        check_transition(profile.device_id, old, new)
+        profile.status = new
+        if new is DeviceStatus.FAILED:
+            profile.failure_reason = reason
+        elif new is DeviceStatus.IDLE:
+            profile.failure_reason = None
+        if new in _SETTLED:
+            device.settled.set()
+        log = logger.warning if new is DeviceStatus.FAILED else logger.info
+        log("device %s: %s -> %s%s", profile.device_id, old.value, new.value, f" ({reason})" if reason else "")
+        self._hub.emit(EventKind.STATUS, profile.device_id, old_status=old, new_status=new, reason=reason)
+        _notify(device)
+
+    def _emit(self, kind: EventKind, device_id: str, **fields: Any) -> None:
+        self._hub.emit(kind, device_id, **fields)
+
+    async def _run_device(self, device: _Device, runner: trio.CancelScope) -> None:
+        """One device's life: attempts, backoff and the final verdict. Never raises (but Cancelled)."""
+        profile = device.profile
+        try:
+            with runner:
+                while True:
+                    if profile.status is not DeviceStatus.CONNECTING:
+                        self._set_status(device, DeviceStatus.CONNECTING)
+                    profile.connection_attempts += 1
+                    reason, permanent = await self._attempt(device)
+                    if permanent:
+                        self._set_status(device, DeviceStatus.FAILED, reason)
+                        return
+                    if profile.connection_attempts >= profile.max_retries:
+                        self._set_status(
+                            device,
+                            DeviceStatus.FAILED,
+                            f"gave up after {profile.connection_attempts} consecutive failed attempts; last: {reason}",
+                        )
+                        return
+                    self._set_status(device, DeviceStatus.DISCONNECTED, reason)
+                    await trio.sleep(self._backoff.delay(max(profile.connection_attempts, 1)))
+        finally:
+            device.runner = None
+            device.session = None
+            if runner.cancelled_caught and profile.status is not DeviceStatus.DISCONNECTED and not self._closed:
+                self._set_status(device, DeviceStatus.DISCONNECTED, "disconnected by request")
+            _notify(device)
+
+    async def _attempt(self, device: _Device) -> tuple[str, bool]:
+        """One connection attempt through phases 2–5, until the link ends. Returns (why it ended, permanent?)."""
+        holder: list[ClientSession] = []
+        try:
+            return await self._connect_and_serve(device, holder)
+        finally:
+            device.session = None
+            if holder:
+                _tasks.detach(self, device, holder[0])
+
+    async def _connect_and_serve(self, device: _Device, holder: list[ClientSession]) -> tuple[str, bool]:
+        settings = self.settings
+        profile = device.profile
+        stage = "connect"
+        stage_timeout = settings.connect_timeout
+        session: ClientSession | None = None
+        outcome: tuple[str, bool] | None = None
+        with trio.CancelScope(deadline=trio.current_time() + stage_timeout) as deadline:
+            try:
+                async with (
+                    open_link(device.connect_url, ssl_context=device.ssl_context) as link,
+                    trio.open_nursery() as conn,
+                ):
+                    # Phase 2 done: the WebSocket is open.
+                    self._set_status(device, DeviceStatus.CONNECTED)
+                    session = ClientSession(link, conn.cancel_scope, profile.device_id)
+                    holder.append(session)
+                    device.session = session
+                    await conn.start(session.read_loop)
+                    try:
+                        # Phase 3: REGISTER → confirmation.
+                        stage, stage_timeout = "register", settings.register_timeout
+                        deadline.deadline = trio.current_time() + stage_timeout
+                        self._set_status(device, DeviceStatus.REGISTERING)
+                        await register(session, self.task_name, profile.device_id)
+                        # Phase 4: telemetry; it degrades gracefully, so it has its own scope.
+                        deadline.deadline = math.inf
+                        stage = "telemetry"
+                        client_id = builders.constellation_client_id(self.task_name, profile.device_id)
+                        system_info = None
+                        with trio.move_on_after(settings.telemetry_timeout) as telemetry_scope:
+                            system_info = await fetch_system_info(session, client_id, profile.device_id)
+                        if system_info is not None:
+                            merge_system_info(profile, system_info)
+                            self._emit(EventKind.TELEMETRY, profile.device_id)
+                        elif not session.ended:
+                            why = "timed out" if telemetry_scope.cancelled_caught else "no system info available"
+                            logger.info("device %s: telemetry skipped (%s)", profile.device_id, why)
+                        # Phase 5: activation; the link then lives until it ends.
+                        stage = "active"
+                        self._activate(device, session, conn, client_id)
+                    except RegistrationRejected as exc:
+                        outcome = (exc.reason, not exc.retryable)
+                        session.end(str(exc))
+                    except LinkError as exc:
+                        session.end(str(exc))
+            except LinkError as exc:
+                outcome = (str(exc), is_permanent(exc))
+        if outcome is not None:
+            return outcome
+        if deadline.cancelled_caught:
+            return (f"{stage} timed out after {stage_timeout:g}s", False)
+        if session is not None and session.end_reason is not None:
+            return (session.end_reason, False)
+        return ("link closed", False)
+
+    def _activate(self, device: _Device, session: ClientSession, conn: trio.Nursery, client_id: str) -> None:
+        profile = device.profile
+        profile.connection_attempts = 0
+        profile.last_heartbeat = datetime.now(UTC)
+        device_id = profile.device_id
+
+        def on_heartbeat(_frame: ServerMessage) -> None:
+            profile.last_heartbeat = datetime.now(UTC)
+
+        def on_missed() -> None:
+            logger.warning(
+                "device %s: heartbeat missed (no frame within %gs)", device_id, self.settings.heartbeat_timeout
+            )
+            self._emit(EventKind.HEARTBEAT_MISSED, device_id, reason="no reply to heartbeat")
+
+        session.on_heartbeat = on_heartbeat
+        _tasks.attach(self, device, session)
+        self._set_status(device, DeviceStatus.IDLE)
+        conn.start_soon(self._keep_alive, session, client_id, on_missed, name=f"heartbeat:{device_id}")
+
+    async def _keep_alive(self, session: ClientSession, client_id: str, on_missed: Callable[[], None]) -> None:
+        await keep_alive(
+            session,
+            client_id,
+            interval=self.settings.heartbeat_interval,
+            reply_window=self.settings.heartbeat_timeout,
+            on_missed=on_missed,
+        )
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for device in self._devices.values():
+            counts[device.profile.status.value] = counts.get(device.profile.status.value, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no devices"
+        return f"<ConstellationDeviceManager task_name={self.task_name!r}: {summary}>"
+
+
+def _notify(device: _Device) -> None:
+    """Wake everyone waiting for a change on this device."""
+    changed = device.changed
+    device.changed = trio.Event()
+    changed.set()
+
+
+async def _wait(event: trio.Event) -> None:
+    await event.wait()
+
+
+def _check_settings(settings: ManagerSettings) -> None:
+    problems = []
+    for name in (
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "reconnect_delay",
+        "backoff_cap",
+        "connect_timeout",
+        "register_timeout",
+        "telemetry_timeout",
+        "task_timeout",
+    ):
+        value = getattr(settings, name)
+        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+            problems.append(f"{name} must be a positive number of seconds, got {value!r}")
+    for name in ("task_queue_size", "event_buffer"):
+        value = getattr(settings, name)
+        if not (isinstance(value, int) and value >= 1):
+            problems.append(f"{name} must be an integer >= 1, got {value!r}")
+    if not settings.task_name or "@" in settings.task_name:
+        problems.append(f"task_name must be non-empty and contain no '@', got {settings.task_name!r}")
+    if problems:
+        raise ValueError("invalid manager settings: " + "; ".join(problems))

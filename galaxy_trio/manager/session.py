@@ -1,0 +1,222 @@
+"""One AIP conversation between the manager and the server, for one device, over one WebSocket.
+
+A single reader task (started with ``nursery.start`` before anything is sent, so no reply can be missed) decodes
+every frame and hands it to whoever waits for it: the registration, a DEVICE_INFO request (by ``request_id``), a
+task (by ``session_id``, on this link only). When the link ends — closed, broken, a binary frame, a missed
+heartbeat — :meth:`ClientSession.end` records why, fails every waiter at once and cancels the connection's
+nursery, so nothing waits on a dead link.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ..aip import (
+    AIPDecodeError,
+    ClientMessage,
+    ServerMessage,
+    ServerMessageType,
+    TaskStatus,
+    builders,
+    decode_server_message,
+)
+from ..errors import LinkError
+from ..transport import Link
+
+__all__ = ["ClientSession", "PendingTask", "Reply", "SessionEnded", "frame_error"]
+
+logger = logging.getLogger("galaxy_trio.manager")
+
+
+class SessionEnded(LinkError):
+    """The link ended while a reply was awaited; the message says why."""
+
+
+class Reply:
+    """A one-shot slot for the answer to one request. ``wait`` returns the frame or raises the failure."""
+
+    __slots__ = ("_error", "_event", "_frame")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._frame: ServerMessage | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def resolve(self, frame: ServerMessage) -> None:
+        if not self._event.is_set():
+            self._frame = frame
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    async def wait(self) -> ServerMessage:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._frame is not None
+        return self._frame
+
+
+class PendingTask(Reply):
+    """A task sent on this link, awaiting its TASK_END; ``acked`` once the server's task ack arrived."""
+
+    __slots__ = ("acked", "task_id")
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.acked = False
+
+
+class ClientSession:
+    """Routes the frames of one constellation link to their waiters; see the module docstring."""
+
+    __slots__ = (
+        "_info_requests",
+        "_link",
+        "_registration",
+        "_scope",
+        "device_id",
+        "end_reason",
+        "last_frame_at",
+        "on_error",
+        "on_heartbeat",
+        "on_task_end",
+        "tasks",
+    )
+
+    def __init__(self, link: Link, scope: trio.CancelScope, device_id: str) -> None:
+        self._link = link
+        self._scope = scope
+        self.device_id = device_id
+        self.end_reason: str | None = None
+        self.last_frame_at = trio.current_time()
+        self._registration: Reply | None = None
+        self._info_requests: dict[str, Reply] = {}
+        #: Tasks in flight on this link, by session_id (owned by the task layer).
+        self.tasks: dict[str, PendingTask] = {}
+        self.on_heartbeat: Callable[[ServerMessage], None] | None = None
+        self.on_error: Callable[[str], None] | None = None
+        self.on_task_end: Callable[[ServerMessage], None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.end_reason is not None
+
+    async def send(self, message: ClientMessage) -> None:
+        """Send a frame; if the link is broken, end the session and raise :class:`SessionEnded`."""
+        if self.end_reason is not None:
+            raise SessionEnded(self.end_reason)
+        try:
+            await self._link.send(message)
+        except LinkError as exc:
+            self.end(f"send failed: {exc}")
+            raise SessionEnded(self.end_reason or str(exc)) from None
+
+    def expect_registration(self) -> Reply:
+        """Arm the registration slot: the next ``heartbeat``/``ok`` or ``error`` frame answers it."""
+        self._registration = reply = Reply()
+        return reply
+
+    def expect_device_info(self, request_id: str) -> Reply:
+        reply = Reply()
+        self._info_requests[request_id] = reply
+        return reply
+
+    def forget_device_info(self, request_id: str) -> None:
+        self._info_requests.pop(request_id, None)
+
+    def end(self, reason: str) -> None:
+        """Record why the link ended (first reason wins), fail every waiter, stop the connection's tasks."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        error = SessionEnded(reason)
+        if self._registration is not None:
+            self._registration.fail(error)
+        for reply in self._info_requests.values():
+            reply.fail(error)
+        self._info_requests.clear()
+        for reply in self.tasks.values():
+            reply.fail(error)
+        self._scope.cancel()
+
+    async def read_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The connection's only reader. Returns (after :meth:`end`) when the link ends."""
+        task_status.started()
+        link = self._link
+        try:
+            while True:
+                text = await link.receive()
+                self.last_frame_at = trio.current_time()
+                try:
+                    frame = decode_server_message(text)
+                except AIPDecodeError as exc:
+                    # One bad frame is the server's bug, not a reason to drop a working link.
+                    logger.warning("device %s: ignoring undecodable frame from server: %s", self.device_id, exc)
+                    continue
+                self._dispatch(frame)
+        except LinkError as exc:
+            self.end(str(exc))
+
+    def _dispatch(self, frame: ServerMessage) -> None:
+        kind = frame.type
+        registration = self._registration
+        if registration is not None and not registration.done:
+            # PROTOCOL.md §6: the next heartbeat/ok means accepted, the next error means rejected.
+            if kind is ServerMessageType.ERROR or (
+                kind is ServerMessageType.HEARTBEAT and frame.status is TaskStatus.OK
+            ):
+                registration.resolve(frame)
+            return
+        if kind is ServerMessageType.HEARTBEAT:
+            if frame.session_id is not None:
+                pending = self.tasks.get(frame.session_id)
+                if pending is not None:
+                    pending.acked = True
+            if self.on_heartbeat is not None:
+                self.on_heartbeat(frame)
+        elif kind is ServerMessageType.DEVICE_INFO_RESPONSE:
+            reply = self._info_requests.pop(frame.response_id or "", None)
+            if reply is not None:
+                reply.resolve(frame)
+            else:
+                logger.debug("device %s: unsolicited DEVICE_INFO_RESPONSE ignored", self.device_id)
+        elif kind is ServerMessageType.TASK_END:
+            if self.on_task_end is not None:
+                self.on_task_end(frame)
+        elif kind is ServerMessageType.ERROR:
+            self._on_error(frame.error or "unspecified error")
+        else:
+            logger.debug("device %s: ignoring %s frame (not meant for a constellation)", self.device_id, kind.value)
+
+    def _on_error(self, text: str) -> None:
+        # ERROR frames carry no correlation id (PROTOCOL.md §6): it answers whatever is outstanding.
+        for reply in self._info_requests.values():
+            reply.resolve(_as_error(text))
+        self._info_requests.clear()
+        if self.on_error is not None:
+            self.on_error(text)
+        else:
+            logger.warning("device %s: server error: %s", self.device_id, text)
+
+
+def _as_error(text: str) -> ServerMessage:
+    return builders.server_error(text)
+
+
+def frame_error(frame: ServerMessage) -> str | None:
+    """The error text of an ERROR frame, else ``None``."""
+    if frame.type is ServerMessageType.ERROR:
+        return frame.error or "unspecified error"
+    return None

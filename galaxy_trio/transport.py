@@ -28,6 +28,9 @@ DEFAULT_MAX_FRAME: Final = 1 << 20
 #: How long a closing handshake may take before the socket is simply dropped. Cleanup is bounded, never a hang.
 CLOSE_GRACE: Final = 2.0
 
+#: The same bound when the closing task is already cancelled (the peer's reply can no longer be read).
+CANCELLED_CLOSE_GRACE: Final = 0.05
+
 #: WebSocket close codes used by galaxy_trio.
 CLOSE_NORMAL: Final = 1000
 CLOSE_UNSUPPORTED_DATA: Final = 1003
@@ -77,8 +80,13 @@ class Link:
         return message
 
     async def aclose(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
-        """Close with a closing handshake, bounded by :data:`CLOSE_GRACE` and shielded from cancellation."""
-        with trio.move_on_after(CLOSE_GRACE, shield=True):
+        """Close with a closing handshake, bounded by :data:`CLOSE_GRACE` and shielded from cancellation.
+
+        When the caller is already cancelled, the link's reader is being cancelled too and can no longer see the
+        peer's answer, so the close frame is sent and the socket dropped after :data:`CANCELLED_CLOSE_GRACE`.
+        """
+        cancelled = trio.current_effective_deadline() == -math.inf
+        with trio.move_on_after(CANCELLED_CLOSE_GRACE if cancelled else CLOSE_GRACE, shield=True):
             try:
                 await self._ws.aclose(code, reason)
             except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):

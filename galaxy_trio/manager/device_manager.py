@@ -29,6 +29,7 @@ from ..aip import ServerMessage, builders
 from ..backoff import Backoff
 from ..config import DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
+from ..transport import CLOSE_GRACE
 from . import tasks as _tasks
 from .activate import keep_alive
 from .connect import client_ssl_context, is_permanent, open_link
@@ -75,6 +76,7 @@ class _Device:
         "settled",
         "slot",
         "ssl_context",
+        "stopping",
     )
 
     def __init__(self, profile: AgentProfile, connect_url: str, ssl_context: ssl.SSLContext | None) -> None:
@@ -88,6 +90,7 @@ class _Device:
         #: One task at a time per device; trio.Semaphore wakes waiters in FIFO order.
         self.slot = trio.Semaphore(1)
         self.queued = 0
+        self.stopping = False
 
     def __repr__(self) -> str:
         return f"<device {self.profile.device_id} {self.profile.status.value}>"
@@ -165,6 +168,14 @@ class ConstellationDeviceManager:
     ) -> bool:
         assert self._nursery is not None
         self._closed = True
+        # First ask every live link to close with a proper closing handshake (their readers still run), then
+        # cancel whatever is left: connection attempts, backoff sleeps, a peer that does not answer the close.
+        for device in self._devices.values():
+            self._stop(device, "manager closed")
+        with trio.move_on_after(CLOSE_GRACE, shield=True):
+            for device in self._devices.values():
+                while device.runner is not None:
+                    await device.changed.wait()
         self._nursery.cancel_scope.cancel()
         # The body's own exception (if any) propagates unwrapped; runners never raise, so the nursery exits
         # cleanly once every link is closed (each close is shielded and bounded by CLOSE_GRACE).
@@ -267,7 +278,7 @@ class ConstellationDeviceManager:
             if device.profile.status is DeviceStatus.FAILED:
                 self._set_status(device, DeviceStatus.DISCONNECTED, "disconnected by request")
             return False
-        runner.cancel()
+        self._stop(device, "disconnected by request")
         while device.runner is runner:
             await _wait(device.changed)
         return True
@@ -333,10 +344,24 @@ class ConstellationDeviceManager:
 
     def _start(self, device: _Device) -> None:
         nursery = self._require_nursery()
+        device.stopping = False
         device.runner = trio.CancelScope()
         if device.profile.status in _SETTLED:
             device.settled = trio.Event()
+        # CONNECTING at once, so that a waiter started right after this call does not see the old verdict.
+        self._set_status(device, DeviceStatus.CONNECTING)
         nursery.start_soon(self._run_device, device, device.runner, name=f"device:{device.profile.device_id}")
+
+    def _stop(self, device: _Device, reason: str) -> None:
+        """Stop a device's runner: close its live link gracefully, or cancel the attempt or backoff under way."""
+        if device.runner is None:
+            return
+        device.stopping = True
+        session = device.session
+        if session is not None and not session.ended:
+            session.end(reason)
+        else:
+            device.runner.cancel()
 
     def _set_status(self, device: _Device, new: DeviceStatus, reason: str | None = None) -> None:
         profile = device.profile
@@ -365,10 +390,11 @@ class ConstellationDeviceManager:
         try:
             with runner:
                 while True:
-                    if profile.status is not DeviceStatus.CONNECTING:
-                        self._set_status(device, DeviceStatus.CONNECTING)
+                    self._set_status(device, DeviceStatus.CONNECTING)
                     profile.connection_attempts += 1
                     reason, permanent = await self._attempt(device)
+                    if device.stopping:
+                        return
                     if permanent:
                         self._set_status(device, DeviceStatus.FAILED, reason)
                         return
@@ -384,7 +410,7 @@ class ConstellationDeviceManager:
         finally:
             device.runner = None
             device.session = None
-            if runner.cancelled_caught and profile.status is not DeviceStatus.DISCONNECTED and not self._closed:
+            if device.stopping and profile.status is not DeviceStatus.DISCONNECTED and not self._closed:
                 self._set_status(device, DeviceStatus.DISCONNECTED, "disconnected by request")
             _notify(device)
 
@@ -417,14 +443,18 @@ class ConstellationDeviceManager:
                     holder.append(session)
                     device.session = session
                     await conn.start(session.read_loop)
+                    deadline.deadline = math.inf  # phase 2 is over; later phases have their own scopes
                     try:
                         # Phase 3: REGISTER → confirmation.
                         stage, stage_timeout = "register", settings.register_timeout
-                        deadline.deadline = trio.current_time() + stage_timeout
                         self._set_status(device, DeviceStatus.REGISTERING)
-                        await register(session, self.task_name, profile.device_id)
-                        # Phase 4: telemetry; it degrades gracefully, so it has its own scope.
-                        deadline.deadline = math.inf
+                        with trio.move_on_after(stage_timeout) as register_scope:
+                            await register(session, self.task_name, profile.device_id)
+                        if register_scope.cancelled_caught:
+                            outcome = (f"register timed out after {stage_timeout:g}s", False)
+                            session.end(outcome[0])
+                            return outcome
+                        # Phase 4: telemetry; it degrades gracefully.
                         stage = "telemetry"
                         client_id = builders.constellation_client_id(self.task_name, profile.device_id)
                         system_info = None

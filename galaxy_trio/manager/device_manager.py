@@ -25,6 +25,7 @@ from typing import Any, Self
 import msgspec
 import trio
 
+from .._nursery import open_service_nursery
 from ..aip import ServerMessage, builders
 from ..backoff import Backoff
 from ..config import DeviceConfig, ManagerSettings
@@ -159,7 +160,7 @@ class ConstellationDeviceManager:
     async def __aenter__(self) -> Self:
         if self._nursery is not None or self._closed:
             raise RuntimeError("a ConstellationDeviceManager can be entered only once")
-        self._nursery_cm = trio.open_nursery()
+        self._nursery_cm = open_service_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         return self
 
@@ -176,7 +177,6 @@ class ConstellationDeviceManager:
             for device in self._devices.values():
                 while device.runner is not None:
                     await device.changed.wait()
-        self._nursery.cancel_scope.cancel()
         # The body's own exception (if any) propagates unwrapped; runners never raise, so the nursery exits
         # cleanly once every link is closed (each close is shielded and bounded by CLOSE_GRACE).
         assert self._nursery_cm is not None
@@ -428,6 +428,7 @@ class ConstellationDeviceManager:
         settings = self.settings
         profile = device.profile
         stage = "connect"
+        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
         stage_timeout = settings.connect_timeout
         session: ClientSession | None = None
         outcome: tuple[str, bool] | None = None
@@ -448,6 +449,7 @@ class ConstellationDeviceManager:
                         # Phase 3: REGISTER → confirmation.
                         stage, stage_timeout = "register", settings.register_timeout
                         self._set_status(device, DeviceStatus.REGISTERING)
+                        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
                         with trio.move_on_after(stage_timeout) as register_scope:
                             await register(session, self.task_name, profile.device_id)
                         if register_scope.cancelled_caught:
@@ -456,6 +458,7 @@ class ConstellationDeviceManager:
                             return outcome
                         # Phase 4: telemetry; it degrades gracefully.
                         stage = "telemetry"
+                        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
                         client_id = builders.constellation_client_id(self.task_name, profile.device_id)
                         system_info = None
                         with trio.move_on_after(settings.telemetry_timeout) as telemetry_scope:
@@ -468,6 +471,7 @@ class ConstellationDeviceManager:
                             logger.info("device %s: telemetry skipped (%s)", profile.device_id, why)
                         # Phase 5: activation; the link then lives until it ends.
                         stage = "active"
+                        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
                         self._activate(device, session, conn, client_id)
                     except RegistrationRejected as exc:
                         outcome = (exc.reason, not exc.retryable)

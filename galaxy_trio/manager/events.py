@@ -24,6 +24,7 @@ logger = logging.getLogger("galaxy_trio.manager")
 
 class EventKind(enum.StrEnum):
     STATUS = "status"  #: a status change (old_status → new_status, with the reason)
+    PHASE = "phase"  #: a connection phase began: ``reason`` is connect, register, telemetry or active
     TELEMETRY = "telemetry"  #: system_info merged into the profile
     HEARTBEAT_MISSED = "heartbeat_missed"  #: no frame within heartbeat_timeout after a heartbeat
     TASK_QUEUED = "task_queued"

@@ -98,6 +98,8 @@ async def test_events_report_every_status_change(peer: ScriptedPeer, manager: Co
         (DeviceStatus.REGISTERING, DeviceStatus.IDLE),
     ]
     assert [e.kind for e in seen].count(EventKind.TELEMETRY) == 1
+    phases = [e.reason for e in seen if e.kind is EventKind.PHASE]
+    assert phases == ["connect", "register", "telemetry", "active"]
 
 
 def _reject_first(n_rejections: int, frame: str):  # type: ignore[no-untyped-def]

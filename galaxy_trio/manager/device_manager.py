@@ -180,11 +180,13 @@ class ConstellationDeviceManager:
         # The body's own exception (if any) propagates unwrapped; runners never raise, so the nursery exits
         # cleanly once every link is closed (each close is shielded and bounded by CLOSE_GRACE).
         assert self._nursery_cm is not None
-        await self._nursery_cm.__aexit__(None, None, None)
-        for device in self._devices.values():
-            if device.profile.status is not DeviceStatus.DISCONNECTED:
-                self._set_status(device, DeviceStatus.DISCONNECTED, "manager closed")
-        self._hub.close()
+        try:
+            await self._nursery_cm.__aexit__(None, None, None)
+        finally:
+            for device in self._devices.values():
+                if device.profile.status is not DeviceStatus.DISCONNECTED:
+                    self._set_status(device, DeviceStatus.DISCONNECTED, "manager closed")
+            self._hub.close()
         return False
 
     def _require_nursery(self) -> trio.Nursery:

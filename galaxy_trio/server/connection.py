@@ -1,0 +1,313 @@
+"""One AIP connection, from its first frame to its close: registration, a single reader, its sessions.
+
+Each connection runs in its own nursery, which holds its keepalive task and the sessions it asked for. Exactly one
+task reads the socket and handles frames in order (UFO handles each frame in its own task, so its replies can come
+back out of order, §11.8). The protocol decisions come from :mod:`.rules`; this module only carries them out.
+
+Whatever ends a connection (the peer closing, a binary frame, a keepalive timeout, a server shutdown), the same
+cleanup runs: the client leaves the registry, sessions on it as a device fail at once towards their requesters,
+sessions it asked for are cancelled with their device told, and the socket is closed with a code and a reason.
+No connection is ever left open and unread (UFO's zombie sockets, §11.3).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+import trio_websocket
+
+from ..aip import (
+    AIPDecodeError,
+    ClientMessage,
+    ClientMessageType,
+    ClientType,
+    ServerMessage,
+    builders,
+    decode_client_message,
+)
+from ..errors import BinaryFrame, LinkClosed
+from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, Link
+from . import rules
+from .clients import ClientRecord, ClientRegistry
+from .sessions import Session, SessionDriver, deliver_command_results
+from .settings import ServerSettings
+
+__all__ = ["ServerContext", "handle_connection"]
+
+logger = logging.getLogger("galaxy_trio.server")
+
+CLOSE_INTERNAL_ERROR: Final = 1011
+BINARY_FRAME_ERROR: Final = "Binary frames are not supported: AIP frames are JSON text"
+#: How much of a client's ERROR text goes into the server log.
+_LOGGED_CHARS: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ServerContext:
+    """What every connection of one server shares."""
+
+    registry: ClientRegistry
+    settings: ServerSettings
+    driver: SessionDriver
+
+
+async def handle_connection(ctx: ServerContext, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
+    """Serve one accepted WebSocket until it closes; the socket is closed when this returns."""
+    await _Connection(ctx, ws, remote).run()
+
+
+class _Connection:
+    __slots__ = (
+        "_close_code",
+        "_close_reason",
+        "_ctx",
+        "_final_error",
+        "_gone",
+        "_keepalive_scope",
+        "_link",
+        "_nursery",
+        "_reader_scope",
+        "_record",
+        "_remote",
+        "_ws",
+    )
+
+    def __init__(self, ctx: ServerContext, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
+        self._ctx = ctx
+        self._ws = ws
+        self._link = Link(ws)
+        self._remote = remote
+        self._record: ClientRecord | None = None
+        self._nursery: trio.Nursery | None = None
+        self._reader_scope = trio.CancelScope()
+        self._keepalive_scope = trio.CancelScope()
+        self._close_code = CLOSE_NORMAL
+        self._close_reason: str | None = None
+        self._final_error: str | None = None
+        self._gone = False
+
+    @property
+    def _who(self) -> str:
+        record = self._record
+        if record is None:
+            return self._remote
+        return f"{record.role.value} {rules.shown(record.client_id)!r} ({self._remote})"
+
+    async def run(self) -> None:
+        try:
+            record = await self._register()
+            if record is None:
+                return
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._ctx.settings.ping_interval is not None:
+                    nursery.start_soon(self._keepalive, self._ctx.settings.ping_interval)
+                with self._reader_scope:
+                    try:
+                        await self._link.send(builders.registration_confirmation())
+                        await self._read_loop(record)
+                    except LinkClosed as exc:
+                        logger.info("%s disconnected (%s)", self._who, exc)
+                self._disconnect()
+                self._keepalive_scope.cancel()
+                await self._send_final_error()
+                # The nursery now waits for this client's sessions to deliver their TASK_END (bounded).
+        finally:
+            self._disconnect()
+            await self._link.aclose(self._close_code, self._close_reason)
+
+    # --- registration -------------------------------------------------------------------------------------------
+
+    async def _register(self) -> ClientRecord | None:
+        """Read the first frame within the registration deadline and register it, or refuse and close."""
+        ctx = self._ctx
+        deadline = ctx.settings.registration_deadline
+        frame: str | None = None
+        with trio.move_on_after(deadline):
+            try:
+                frame = await self._link.receive()
+            except BinaryFrame:
+                logger.warning("%s sent a binary first frame; closing", self._remote)
+                await self._refuse(BINARY_FRAME_ERROR, CLOSE_UNSUPPORTED_DATA, "binary frame")
+                return None
+            except LinkClosed:
+                logger.debug("%s closed before registering", self._remote)
+                return None
+        if frame is None:
+            logger.warning("%s sent no REGISTER within %g s; closing", self._remote, deadline)
+            await self._refuse(
+                f"No REGISTER frame received within {deadline:g} s", CLOSE_POLICY_VIOLATION, "registration timeout"
+            )
+            return None
+        decision = rules.check_register(
+            frame, ctx.registry.clients, max_client_id_length=ctx.settings.max_client_id_length
+        )
+        if isinstance(decision, rules.Rejection):
+            logger.warning("registration from %s refused: %s", self._remote, decision.error)
+            await self._refuse(decision.error, decision.close_code, decision.close_reason)
+            return None
+        record = ClientRecord.from_registration(decision, self._link)
+        ctx.registry.add(record)
+        self._record = record
+        logger.info("%s registered (platform %s)", self._who, rules.shown(record.platform))
+        return record
+
+    async def _refuse(self, error: str, code: int, reason: str) -> None:
+        """Tell the peer why in an ERROR frame (bounded: the peer may not read), then close with ``code``."""
+        self._close_code, self._close_reason = code, reason
+        with trio.move_on_after(self._ctx.settings.cancel_grace):
+            try:
+                await self._link.send(builders.server_error(error))
+            except LinkClosed:
+                pass
+
+    # --- the single reader --------------------------------------------------------------------------------------
+
+    async def _read_loop(self, record: ClientRecord) -> None:
+        link = self._link
+        while True:
+            try:
+                frame = await link.receive()
+            except BinaryFrame as exc:
+                logger.warning("%s sent a binary frame (%d bytes); closing", self._who, exc.size)
+                self._final_error = BINARY_FRAME_ERROR
+                self._close_code, self._close_reason = CLOSE_UNSUPPORTED_DATA, "binary frame"
+                return
+            await self._handle(record, frame)
+
+    async def _handle(self, record: ClientRecord, frame: str) -> None:
+        try:
+            msg = decode_client_message(frame)
+        except AIPDecodeError as exc:
+            await self._reply_error(str(exc))
+            return
+        mismatch = rules.check_identity(msg, record)
+        if mismatch is not None:
+            await self._reply_error(mismatch)
+            return
+        try:
+            await self._dispatch(record, msg)
+        except LinkClosed:
+            raise
+        except Exception:
+            # A bug must cost one frame, not the connection or the server.
+            logger.exception("internal error handling a %s frame from %s", msg.type.value, self._who)
+            await self._reply_error(f"Internal server error while handling a '{msg.type.value}' message")
+
+    async def _dispatch(self, record: ClientRecord, msg: ClientMessage) -> None:
+        kind = msg.type
+        if kind is ClientMessageType.HEARTBEAT:
+            await self._send(builders.heartbeat_ack())
+        elif kind is ClientMessageType.COMMAND_RESULTS:
+            self._on_command_results(record, msg)
+        elif kind is ClientMessageType.TASK:
+            await self._on_task(record, msg)
+        elif kind is ClientMessageType.DEVICE_INFO_REQUEST:
+            answer = rules.check_device_info(msg, record, self._ctx.registry.clients)
+            if isinstance(answer, str):
+                await self._reply_error(answer)
+            else:
+                await self._send(builders.device_info_response(msg.request_id, answer.result))
+        elif kind is ClientMessageType.ERROR:
+            text = msg.error if msg.error is not None else "error frame without text"
+            logger.warning("%s reported an error: %s", self._who, text[:_LOGGED_CHARS])
+            await self._reply_error(text)
+        elif kind is ClientMessageType.DEVICE_INFO_RESPONSE:
+            logger.info("%s sent a device_info_response; nothing asked for it, ignored", self._who)
+        else:  # register again, task_end
+            await self._reply_error(rules.unknown_type(kind))
+
+    def _on_command_results(self, record: ClientRecord, msg: ClientMessage) -> None:
+        """Feed the waiting COMMAND. Never answered, as UFO's clients expect (§7): unmatched results are dropped."""
+        if record.role is not ClientType.DEVICE:
+            logger.warning("dropped command_results from %s: only devices execute commands", self._who)
+        elif not deliver_command_results(record, msg):
+            logger.warning(
+                "dropped command_results from %s: no COMMAND %s is waiting in session %s",
+                self._who,
+                rules.shown(str(msg.prev_response_id)),
+                rules.shown(str(msg.session_id)),
+            )
+
+    async def _on_task(self, record: ClientRecord, msg: ClientMessage) -> None:
+        ctx = self._ctx
+        registry = ctx.registry
+        plan = rules.check_task(
+            msg,
+            record,
+            registry.clients,
+            registry.session_owners,
+            max_tasks_per_device=ctx.settings.max_tasks_per_device,
+        )
+        if isinstance(plan, str):
+            await self._reply_error(plan)
+            return
+        device = registry.get(plan.device_id)
+        assert device is not None  # check_task found it connected, and nothing awaited since
+        session = Session(plan, record, device, ctx.driver, ctx.settings, registry)
+        session.attach()
+        try:
+            await self._send(builders.heartbeat_ack(plan.session_id))
+        except BaseException:
+            session.detach()
+            raise
+        logger.info(
+            "task %s accepted from %s for device %s",
+            rules.shown(plan.session_id),
+            self._who,
+            rules.shown(plan.device_id),
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(session.run, ctx.settings)
+
+    # --- sending ------------------------------------------------------------------------------------------------
+
+    async def _send(self, message: ServerMessage) -> None:
+        await self._link.send(message)
+
+    async def _reply_error(self, text: str) -> None:
+        await self._link.send(builders.server_error(text))
+
+    async def _send_final_error(self) -> None:
+        if self._final_error is None or self._link.closed:
+            return
+        with trio.move_on_after(self._ctx.settings.cancel_grace):
+            try:
+                await self._link.send(builders.server_error(self._final_error))
+            except LinkClosed:
+                pass
+
+    # --- liveness and cleanup -----------------------------------------------------------------------------------
+
+    async def _keepalive(self, interval: float) -> None:
+        """Ping every ``interval``; a peer that does not pong within ``ping_timeout`` is closed (1011)."""
+        timeout = self._ctx.settings.ping_timeout
+        with self._keepalive_scope:
+            while True:
+                await trio.sleep(interval)
+                with trio.move_on_after(timeout) as ping:
+                    try:
+                        await self._ws.ping()
+                    except trio_websocket.ConnectionClosed:
+                        return
+                if ping.cancelled_caught:
+                    logger.warning("%s did not answer a ping within %g s; closing", self._who, timeout)
+                    self._close_code, self._close_reason = CLOSE_INTERNAL_ERROR, "keepalive ping timeout"
+                    self._reader_scope.cancel()
+                    return
+
+    def _disconnect(self) -> None:
+        """Leave the registry and settle every session this client was part of. Idempotent, never awaits."""
+        record = self._record
+        if record is None or self._gone:
+            return
+        self._gone = True
+        self._ctx.registry.remove(record)
+        for session in list(record.sessions):
+            session.cancel_device_gone()
+        for session in list(record.owned):
+            session.cancel_requester_gone()
+        logger.info("%s unregistered", self._who)

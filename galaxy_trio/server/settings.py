@@ -1,0 +1,49 @@
+"""The AIP server's own policy: how long it waits for peers, and how much it lets one device queue.
+
+These are deadlines the server applies to itself (with ``trio.fail_after`` / ``move_on_after`` at the one place
+each one matters), not timeouts threaded through call chains. UFO's server has almost none of them: it waits 6000 s
+for a device that never answers a COMMAND and never closes a socket whose first frame is garbage (PROTOCOL.md §11).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+__all__ = ["ServerSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Deadlines and limits of one AIP server. Every duration is in seconds.
+
+    - ``handshake_deadline``: a TCP peer must finish the HTTP upgrade within this time.
+    - ``registration_deadline``: after the upgrade, the first frame (a REGISTER) must arrive within this time, or
+      the server answers with an ERROR frame and closes with 1008. UFO Galaxy sends it ~50 ms after connecting.
+    - ``command_deadline``: how long a session waits for the COMMAND_RESULTS of one COMMAND before it fails the
+      task. UFO waits 6000 s; Galaxy itself gives up on a whole task after 300 s.
+    - ``cancel_grace``: how long the server may spend telling peers that a session was cancelled (TASK_END
+      ``failed``) and sending a last ERROR frame before a close. Cleanup is bounded, never a hang.
+    - ``ping_interval`` / ``ping_timeout``: WebSocket keepalive, as UFO's server does (uvicorn: 20 s / 20 s). A
+      peer that does not answer a ping in time is closed with 1011, so a vanished peer never stays registered.
+      ``ping_interval=None`` turns keepalive off.
+    - ``max_client_id_length``: longer ids are refused at REGISTER (ids are echoed in error texts and logs).
+    - ``max_tasks_per_device``: running plus queued sessions one device may have; further TASKs get an error.
+    """
+
+    handshake_deadline: float = 10.0
+    registration_deadline: float = 10.0
+    command_deadline: float = 300.0
+    cancel_grace: float = 2.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    max_client_id_length: int = 256
+    max_tasks_per_device: int = 100
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name == "ping_interval":
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value) or value <= 0:
+                raise ValueError(f"ServerSettings.{f.name} must be a positive number, got {value!r}")

@@ -1,0 +1,1 @@
+"""Tests of the AIP server (galaxy_trio.server)."""

@@ -7,7 +7,7 @@ session needs to find about a device (its link, its FIFO lock, its outstanding C
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,10 @@ class ClientRecord:
     sessions: set[Session] = field(default_factory=set)
     #: Sessions this client asked for (their TASK_END goes to it).
     owned: set[Session] = field(default_factory=set)
+    #: Constellations registered for this device (target_id); told when it goes away.
+    scoped: set[ClientRecord] = field(default_factory=set)
+    #: Ends this client's connection because its target device went away (set by the connection).
+    on_target_gone: Callable[[], None] | None = None
     #: Outstanding COMMANDs on this device, by the COMMAND's response_id.
     pending: dict[str, PendingCommand] = field(default_factory=dict)
     #: Serialises sessions on this device; trio.Lock is fair, so they run in FIFO order.

@@ -6,8 +6,9 @@ back out of order, §11.8). The protocol decisions come from :mod:`.rules`; this
 
 Whatever ends a connection (the peer closing, a binary frame, a keepalive timeout, a server shutdown), the same
 cleanup runs: the client leaves the registry, sessions on it as a device fail at once towards their requesters,
-sessions it asked for are cancelled with their device told, and the socket is closed with a code and a reason.
-No connection is ever left open and unread (UFO's zombie sockets, §11.3).
+sessions it asked for are cancelled with their device told, constellations registered for it (as a device) are
+told and closed, and the socket is closed with a code and a reason. No connection is ever left open and unread
+(UFO's zombie sockets, §11.3), nor registered with nothing left to do.
 """
 
 from __future__ import annotations
@@ -70,8 +71,11 @@ class _Connection:
         "_link",
         "_nursery",
         "_reader_scope",
+        "_receiving",
         "_record",
         "_remote",
+        "_stopping",
+        "_target",
         "_ws",
     )
 
@@ -81,6 +85,7 @@ class _Connection:
         self._link = Link(ws)
         self._remote = remote
         self._record: ClientRecord | None = None
+        self._target: ClientRecord | None = None
         self._nursery: trio.Nursery | None = None
         self._reader_scope = trio.CancelScope()
         self._keepalive_scope = trio.CancelScope()
@@ -88,6 +93,8 @@ class _Connection:
         self._close_reason: str | None = None
         self._final_error: str | None = None
         self._gone = False
+        self._receiving = False
+        self._stopping = False
 
     @property
     def _who(self) -> str:
@@ -113,11 +120,23 @@ class _Connection:
                         logger.info("%s disconnected (%s)", self._who, exc)
                 self._disconnect()
                 self._keepalive_scope.cancel()
-                await self._send_final_error()
                 # The nursery now waits for this client's sessions to deliver their TASK_END (bounded).
+            await self._send_final_error()
         finally:
             self._disconnect()
             await self._link.aclose(self._close_code, self._close_reason)
+
+    def _stop(self, error: str | None, code: int, reason: str, *, force: bool = False) -> None:
+        """End the connection: the reader stops (at once if it is waiting for a frame, else after the frame it is
+        handling, so a reply is never cut in half), then the usual cleanup runs, ``error`` is sent and the socket
+        is closed with ``code``. ``force`` stops even a reader stuck sending to a peer that no longer reads."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._final_error = error
+        self._close_code, self._close_reason = code, reason
+        if force or self._receiving:
+            self._reader_scope.cancel()
 
     # --- registration -------------------------------------------------------------------------------------------
 
@@ -152,6 +171,12 @@ class _Connection:
         record = ClientRecord.from_registration(decision, self._link)
         ctx.registry.add(record)
         self._record = record
+        if record.target_id is not None:
+            # check_register found the target connected as a device, and nothing awaited since.
+            self._target = ctx.registry.get(record.target_id)
+            assert self._target is not None
+            self._target.scoped.add(record)
+            record.on_target_gone = self._target_gone
         logger.info("%s registered (platform %s)", self._who, rules.shown(record.platform))
         return record
 
@@ -168,14 +193,16 @@ class _Connection:
 
     async def _read_loop(self, record: ClientRecord) -> None:
         link = self._link
-        while True:
+        while not self._stopping:
+            self._receiving = True
             try:
                 frame = await link.receive()
             except BinaryFrame as exc:
                 logger.warning("%s sent a binary frame (%d bytes); closing", self._who, exc.size)
-                self._final_error = BINARY_FRAME_ERROR
-                self._close_code, self._close_reason = CLOSE_UNSUPPORTED_DATA, "binary frame"
+                self._stop(BINARY_FRAME_ERROR, CLOSE_UNSUPPORTED_DATA, "binary frame")
                 return
+            finally:
+                self._receiving = False
             await self._handle(record, frame)
 
     async def _handle(self, record: ClientRecord, frame: str) -> None:
@@ -295,9 +322,19 @@ class _Connection:
                         return
                 if ping.cancelled_caught:
                     logger.warning("%s did not answer a ping within %g s; closing", self._who, timeout)
-                    self._close_code, self._close_reason = CLOSE_INTERNAL_ERROR, "keepalive ping timeout"
-                    self._reader_scope.cancel()
+                    self._stop(None, CLOSE_INTERNAL_ERROR, "keepalive ping timeout", force=True)
                     return
+
+    def _target_gone(self) -> None:
+        """This scoped constellation's device disconnected: the link has no purpose left, so it is closed rather
+        than left registered and idle (UFO keeps it, and its Galaxy never learns that the device went away)."""
+        assert self._target is not None
+        logger.info("closing %s: its target device disconnected", self._who)
+        self._stop(
+            f"Target device '{rules.shown(self._target.client_id)}' disconnected",
+            CLOSE_NORMAL,
+            "target device disconnected",
+        )
 
     def _disconnect(self) -> None:
         """Leave the registry and settle every session this client was part of. Idempotent, never awaits."""
@@ -306,8 +343,14 @@ class _Connection:
             return
         self._gone = True
         self._ctx.registry.remove(record)
+        if self._target is not None:
+            self._target.scoped.discard(record)
+        # Sessions on this device fail first, so their TASK_END reaches a scoped constellation before its close.
         for session in list(record.sessions):
             session.cancel_device_gone()
         for session in list(record.owned):
             session.cancel_requester_gone()
+        for constellation in list(record.scoped):
+            if constellation.on_target_gone is not None:
+                constellation.on_target_gone()
         logger.info("%s unregistered", self._who)

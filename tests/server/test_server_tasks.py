@@ -229,9 +229,12 @@ async def test_device_disconnect_mid_task_fails_it_at_once(
         assert_like_recorded(end, "device_disconnect_midtask", 8)
         assert end.error == DEVICE_DISCONNECTED and end.result == []
         assert trio.current_time() - closed_at < 1  # not at the command deadline (300 s)
-        assert server.online_clients() == {"dd@raw_dropper": ClientType.CONSTELLATION}
         assert server.running_sessions() == {}
-        await constellation.assert_quiet("dd@raw_dropper", ClientType.CONSTELLATION)
+        # Then the scoped constellation, whose device is gone, is told and closed (UFO leaves it idle and open).
+        await constellation.expect_error("Target device 'raw_dropper' disconnected")
+        reason = await constellation.expect_closed()
+        assert (reason.code, reason.reason) == (1000, "target device disconnected")
+        assert server.online_clients() == {}
 
 
 async def test_queued_sessions_fail_too_when_the_device_disconnects(server: AIPServer) -> None:
@@ -247,6 +250,8 @@ async def test_queued_sessions_fail_too_when_the_device_disconnects(server: AIPS
         assert sorted(str(e.session_id) for e in ends) == ["s1", "s2", "s3"]
         assert all(e.status is TaskStatus.FAILED and e.error == DEVICE_DISCONNECTED for e in ends)
         assert server.running_sessions() == {}
+        await constellation.expect_error("Target device 'dev' disconnected")
+        assert (await constellation.expect_closed()).code == 1000
 
 
 async def test_constellation_disconnect_cancels_the_session_and_tells_the_device(server: AIPServer) -> None:
@@ -326,6 +331,48 @@ async def test_server_shutdown_tells_the_requester(nursery: trio.Nursery) -> Non
         assert end.error == "Task was cancelled because the server is shutting down"
         assert (await constellation.expect_closed()).code == 1000
         assert (await device.expect_closed()).code == 1000
+
+
+async def test_scoped_constellations_are_closed_when_their_device_leaves(server: AIPServer) -> None:
+    async with open_peer(server) as scoped, open_peer(server) as unscoped, open_peer(server) as other_scoped:
+        async with open_peer(server) as device, open_peer(server) as other_device:
+            await device.register(frame("device_registration", 1))  # capdev
+            await other_device.register(frame("device_registration", 3))  # raw_dev_1
+            await scoped.register(frame("task_roundtrip", 1))  # rt@capdev
+            await other_scoped.register(builders.constellation_register("rt", "raw_dev_1"))
+            await unscoped.register(frame("errors", 19))
+            await device.send(builders.heartbeat("capdev", ClientType.DEVICE))
+            await device.expect_ack()
+            await other_device.assert_quiet("raw_dev_1", ClientType.DEVICE)
+            await device.ws.aclose()
+            await scoped.expect_error("Target device 'capdev' disconnected")
+            assert (await scoped.expect_closed()).code == 1000
+            # Constellations of other devices, and unscoped ones, are not affected.
+            assert server.online_clients() == {
+                "raw_dev_1": ClientType.DEVICE,
+                "rt@raw_dev_1": ClientType.CONSTELLATION,
+                "err_notarget": ClientType.CONSTELLATION,
+            }
+            await unscoped.assert_quiet("err_notarget", ClientType.CONSTELLATION)
+            await other_scoped.assert_quiet("rt@raw_dev_1", ClientType.CONSTELLATION)
+            # The device comes back: a constellation can register for it again.
+            async with open_peer(server) as device_again, open_peer(server) as scoped_again:
+                await device_again.register(frame("device_registration", 1))
+                await scoped_again.register(frame("task_roundtrip", 1))
+
+
+async def test_a_closed_constellation_does_not_outlive_its_registration(server: AIPServer) -> None:
+    """A constellation that left on its own is forgotten by its device: the device leaving later closes no one."""
+    async with open_peer(server) as device:
+        await device.register(frame("device_registration", 1))
+        async with open_peer(server) as scoped:
+            await scoped.register(frame("task_roundtrip", 1))
+        async with open_peer(server) as scoped_again:
+            await scoped_again.register(frame("task_roundtrip", 1))
+            await device.ws.aclose()
+            await scoped_again.expect_error("Target device 'capdev' disconnected")
+            assert (await scoped_again.expect_closed()).code == 1000
+    assert server.online_clients() == {}
 
 
 # --- one device, several tasks ------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Tests of the device agent (galaxy_trio.agent) against scripted fake servers."""

@@ -177,11 +177,11 @@ class ConstellationDeviceManager:
             for device in self._devices.values():
                 while device.runner is not None:
                     await device.changed.wait()
-        # The body's own exception (if any) propagates unwrapped; runners never raise, so the nursery exits
-        # cleanly once every link is closed (each close is shielded and bounded by CLOSE_GRACE).
+        # Runners never raise, so the nursery exits cleanly once every link is closed (each close is shielded and
+        # bounded by CLOSE_GRACE); the body's own exception, if any, propagates as itself.
         assert self._nursery_cm is not None
         try:
-            await self._nursery_cm.__aexit__(None, None, None)
+            await self._nursery_cm.__aexit__(exc_type, exc, tb)
         finally:
             for device in self._devices.values():
                 if device.profile.status is not DeviceStatus.DISCONNECTED:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import trio
 
+from ._nursery import open_service_nursery
 from .config import ConfigError, DeviceConfig, GalaxyConfig, load_config
 from .errors import GalaxyTrioError
 from .redact import redact_url, url_token
@@ -108,7 +109,8 @@ async def _until_interrupted(command: Callable[[], Any]) -> int:
     """Run ``command``; the first SIGINT/SIGTERM cancels it so that everything shuts down in order."""
     result = EXIT_OK
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
+        # A service nursery: the command's own errors reach main() unwrapped, as themselves.
+        async with open_service_nursery() as nursery:
 
             async def watch() -> None:
                 async for signum in signals:
@@ -118,7 +120,6 @@ async def _until_interrupted(command: Callable[[], Any]) -> int:
 
             nursery.start_soon(watch)
             result = int(await command())
-            nursery.cancel_scope.cancel()
     return result
 
 

@@ -80,7 +80,10 @@ async def open_local_fleet(devices: Iterable[DeviceConfig], *, token: str | None
         for (host, port), device_ids in endpoints.items():
             try:
                 server: AIPServer = await nursery.start(partial(serve_aip, host=host, port=port, token=token))
-            except OSError as exc:
+            except (OSError, BaseExceptionGroup) as raised:
+                exc = _os_error(raised)
+                if exc is None:
+                    raise
                 if exc.errno != errno.EADDRINUSE:
                     raise LocalModeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
                 raise LocalModeError(
@@ -93,6 +96,15 @@ async def open_local_fleet(devices: Iterable[DeviceConfig], *, token: str | None
             for device in fleet.devices:
                 starting.start_soon(_start_agent, nursery, fleet, device)
         yield fleet
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``, possibly inside the server's nursery's exception group."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _os_error(exc.exceptions[0])
+    return None
 
 
 async def _start_agent(nursery: trio.Nursery, fleet: LocalFleet, device: DeviceConfig) -> None:

@@ -74,7 +74,6 @@ class _Device:
         "queued",
         "runner",
         "session",
-        "settled",
         "slot",
         "ssl_context",
         "stopping",
@@ -86,7 +85,6 @@ class _Device:
         self.ssl_context = ssl_context
         self.runner: trio.CancelScope | None = None
         self.session: ClientSession | None = None
-        self.settled = trio.Event()
         self.changed = trio.Event()
         #: One task at a time per device; trio.Semaphore wakes waiters in FIFO order.
         self.slot = trio.Semaphore(1)
@@ -348,8 +346,6 @@ class ConstellationDeviceManager:
         nursery = self._require_nursery()
         device.stopping = False
         device.runner = trio.CancelScope()
-        if device.profile.status in _SETTLED:
-            device.settled = trio.Event()
         # CONNECTING at once, so that a waiter started right after this call does not see the old verdict.
         self._set_status(device, DeviceStatus.CONNECTING)
         nursery.start_soon(self._run_device, device, device.runner, name=f"device:{device.profile.device_id}")
@@ -376,8 +372,6 @@ class ConstellationDeviceManager:
             profile.failure_reason = reason
         elif new is DeviceStatus.IDLE:
             profile.failure_reason = None
-        if new in _SETTLED:
-            device.settled.set()
         log = logger.warning if new is DeviceStatus.FAILED else logger.info
         log("device %s: %s -> %s%s", profile.device_id, old.value, new.value, f" ({reason})" if reason else "")
         self._hub.emit(EventKind.STATUS, profile.device_id, old_status=old, new_status=new, reason=reason)
@@ -474,7 +468,15 @@ class ConstellationDeviceManager:
                         # Phase 5: activation; the link then lives until it ends.
                         stage = "active"
                         self._emit(EventKind.PHASE, profile.device_id, reason=stage)
-                        self._activate(device, session, conn, client_id)
+                        on_missed = self._activate(device, session, client_id)
+                        # The runner itself keeps the link alive: one task fewer per device than a heartbeat task.
+                        await keep_alive(
+                            session,
+                            client_id,
+                            interval=settings.heartbeat_interval,
+                            reply_window=settings.heartbeat_timeout,
+                            on_missed=on_missed,
+                        )
                     except RegistrationRejected as exc:
                         outcome = (exc.reason, not exc.retryable)
                         session.end(str(exc))
@@ -490,7 +492,8 @@ class ConstellationDeviceManager:
             return (session.end_reason, False)
         return ("link closed", False)
 
-    def _activate(self, device: _Device, session: ClientSession, conn: trio.Nursery, client_id: str) -> None:
+    def _activate(self, device: _Device, session: ClientSession, client_id: str) -> Callable[[], None]:
+        """Phase 5: IDLE, ready for tasks. Returns what to do when a heartbeat goes unanswered."""
         profile = device.profile
         profile.connection_attempts = 0
         profile.last_heartbeat = datetime.now(UTC)
@@ -500,24 +503,14 @@ class ConstellationDeviceManager:
             profile.last_heartbeat = datetime.now(UTC)
 
         def on_missed() -> None:
-            logger.warning(
-                "device %s: heartbeat missed (no frame within %gs)", device_id, self.settings.heartbeat_timeout
-            )
+            window = self.settings.heartbeat_timeout
+            logger.warning("device %s: heartbeat missed (no frame within %gs)", device_id, window)
             self._emit(EventKind.HEARTBEAT_MISSED, device_id, reason="no reply to heartbeat")
 
         session.on_heartbeat = on_heartbeat
         _tasks.attach(self, device, session)
         self._set_status(device, DeviceStatus.IDLE)
-        conn.start_soon(self._keep_alive, session, client_id, on_missed, name=f"heartbeat:{device_id}")
-
-    async def _keep_alive(self, session: ClientSession, client_id: str, on_missed: Callable[[], None]) -> None:
-        await keep_alive(
-            session,
-            client_id,
-            interval=self.settings.heartbeat_interval,
-            reply_window=self.settings.heartbeat_timeout,
-            on_missed=on_missed,
-        )
+        return on_missed
 
     def __repr__(self) -> str:
         counts: dict[str, int] = {}

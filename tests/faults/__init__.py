@@ -1,0 +1,1 @@
+"""Fault injection: a misbehaving-network proxy and the scenarios built on it."""

@@ -38,7 +38,7 @@ class AIPDecodeError(ValueError):
     """A frame that is not a valid AIP message.
 
     ``path`` is the JSON path of the offending field (``$.client_id``, ``$.action_results[0].status``) or ``$``
-    when the frame as a whole is wrong (not JSON, not an object, binary).
+    when the frame as a whole is wrong (not JSON, not an object, binary, nested too deeply).
     """
 
     def __init__(self, message: str, path: str = "$") -> None:
@@ -57,12 +57,20 @@ def _raise_decode_error(kind: str, exc: msgspec.MsgspecError) -> AIPDecodeError:
     return AIPDecodeError(f"invalid {kind} at {path}: {text}", path)
 
 
+def _too_deep(kind: str) -> AIPDecodeError:
+    # msgspec signals nesting deeper than the interpreter's recursion limit with RecursionError, not a
+    # MsgspecError: without this, one frame of 1,000 nested arrays would escape every reader's error handling.
+    return AIPDecodeError(f"invalid {kind} at $: JSON nested too deeply")
+
+
 def decode_client_message(frame: str | bytes) -> ClientMessage:
     """Decode a client→server frame, leniently as UFO does (unknown keys ignored, defaults filled)."""
     try:
         return _client_decoder.decode(frame)
     except msgspec.MsgspecError as exc:
         raise _raise_decode_error("ClientMessage", exc) from None
+    except RecursionError:
+        raise _too_deep("ClientMessage") from None
 
 
 def decode_server_message(frame: str | bytes) -> ServerMessage:
@@ -71,6 +79,8 @@ def decode_server_message(frame: str | bytes) -> ServerMessage:
         return _server_decoder.decode(frame)
     except msgspec.MsgspecError as exc:
         raise _raise_decode_error("ServerMessage", exc) from None
+    except RecursionError:
+        raise _too_deep("ServerMessage") from None
 
 
 def encode(message: ClientMessage | ServerMessage) -> bytes:

@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--once", action="store_true", help="exit once every device is IDLE or FAILED (0: all IDLE)")
     run.add_argument("--json", action="store_true", help="print the final profiles as a JSON array on stdout")
+    run.add_argument(
+        "--redis",
+        metavar="URL",
+        help="fleet mode: join the managers sharing this Redis (redis://HOST:PORT/DB); needs the 'fleet' extra",
+    )
 
     task = sub.add_parser("task", help="register one device, run one task on it, print the result")
     task.add_argument("config", help="devices.yaml")
@@ -59,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     task.add_argument("request", help='the task text; the default driver runs {"tool_name": ..., "parameters": ...}')
     task.add_argument("--local", action="store_true", help="start the device's server and agent in this process")
     task.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    status = sub.add_parser("status", help="fleet mode: print every device of the fleet in Redis")
+    status.add_argument("--redis", required=True, metavar="URL", help="the fleet's Redis (redis://HOST:PORT/DB)")
+    status.add_argument("--json", action="store_true", help="print the fleet as a JSON array on stdout")
 
     check = sub.add_parser("check", help="validate CONFIG and print every problem")
     check.add_argument("config", help="devices.yaml")
@@ -94,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "task": _task,
         "check": _check,
+        "status": _status,
         "serve": _serve,
         "agent": _agent,
     }
@@ -166,12 +176,19 @@ async def _run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     local = args.local or config.local
+    if args.redis and args.once:
+        print("error: --once does not apply to --redis: a fleet member runs until stopped", file=sys.stderr)
+        return EXIT_USAGE
     profiles: list[Any] = []
     status = EXIT_OK
+    live = sys.stdout.isatty() and not args.json
     try:
         async with _fleet(config, config.devices, local) as (manager, devices):
             try:
-                status = await _bring_up(manager, devices, live=sys.stdout.isatty() and not args.json, once=args.once)
+                if args.redis:
+                    status = await _run_fleet_member(manager, devices, args.redis)
+                else:
+                    status = await _bring_up(manager, devices, live=live, once=args.once)
             finally:
                 # Snapshot before the manager closes (closing marks every device disconnected).
                 profiles = list(manager.get_all_devices().values())
@@ -199,6 +216,27 @@ async def _bring_up(manager: Any, devices: Sequence[DeviceConfig], *, live: bool
         display.cancel_scope.cancel()
     events.close()
     return EXIT_OK if idle == len(settled) else EXIT_FAILED
+
+
+async def _run_fleet_member(manager: Any, devices: Sequence[DeviceConfig], redis_url: str) -> int:
+    """Fleet mode: this manager drives only the devices whose lease it holds in Redis."""
+    from .fleet import open_fleet_member
+
+    async with open_fleet_member(manager, redis_url, devices) as member:
+        logger.info("joined the fleet at %s as %s", redact_url(redis_url), member.member_id)
+        await trio.sleep_forever()
+    return EXIT_OK
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from .fleet import read_fleet_status, read_fleet_status_text
+
+    if args.json:
+        rows = await read_fleet_status(args.redis)
+        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(rows), indent=2) + b"\n")
+    else:
+        print(await read_fleet_status_text(args.redis))
+    return EXIT_OK
 
 
 # --- task --------------------------------------------------------------------------------------------------------

@@ -283,6 +283,18 @@ class ConstellationDeviceManager:
             await _wait(device.changed)
         return True
 
+    async def remove_device(self, device_id: str) -> AgentProfile:
+        """Disconnect a device (if running) and forget it; returns its last profile. Queued tasks for it fail."""
+        device = self._get(device_id)
+        await self.disconnect_device(device_id)
+        del self._devices[device_id]
+        return device.profile.snapshot()
+
+    def client_id(self, device_id: str) -> str:
+        """The AIP client id this manager registers for ``device_id``: ``<task_name>@<device_id>``."""
+        self._get(device_id)
+        return builders.constellation_client_id(self.task_name, device_id)
+
     async def wait_for_device(self, device_id: str) -> AgentProfile:
         """Wait until the device is IDLE or FAILED (or not running at all) and return a snapshot of its profile."""
         device = self._get(device_id)

@@ -311,3 +311,15 @@ async def test_a_subscriber_that_never_reads_does_not_block_the_manager(
     assert lazy.dropped >= 3  # 4 status changes + telemetry, room for 1
     first = lazy.channel.receive_nowait()
     assert first.new_status is DeviceStatus.CONNECTING
+
+
+async def test_remove_device_disconnects_and_forgets_it(
+    peer: ScriptedPeer, manager: ConstellationDeviceManager
+) -> None:
+    assert await manager.register_device("dev", peer.url)
+    assert manager.client_id("dev") == "tt@dev"
+    last = await manager.remove_device("dev")
+    assert last.status is DeviceStatus.DISCONNECTED
+    assert manager.get_device_info("dev") is None and manager.get_all_devices() == {}
+    await peer.wait_for(lambda: not peer.live)
+    assert await manager.register_device("dev", peer.url)  # the id may be registered again

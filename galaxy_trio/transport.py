@@ -15,6 +15,7 @@ from typing import Final
 
 import trio
 import trio_websocket
+import wsproto.utilities
 
 from .aip import ClientMessage, ServerMessage, encode_text
 from .errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed
@@ -124,13 +125,22 @@ async def open_link(
     except ValueError as exc:  # bad scheme or port in the URL
         raise ConnectFailed(f"invalid WebSocket URL: {exc}") from None
     link: Link | None = None
+    after_close = trio.CancelScope()
     try:
-        async with cm as ws:
-            link = Link(ws)
-            try:
-                yield link
-            finally:
-                await link.aclose()
+        with after_close:
+            async with cm as ws:
+                link = Link(ws)
+                try:
+                    yield link
+                finally:
+                    await link.aclose()
+                    # After a close the peer started, trio-websocket waits without a bound for the peer to drop
+                    # the TCP connection: a peer that never does would hold this link (and its caller) forever.
+                    after_close.deadline = trio.current_time() + CLOSE_GRACE
+    except wsproto.utilities.LocalProtocolError:
+        # trio-websocket answers a ping, or refuses an oversized message, even after a close frame went out;
+        # wsproto's refusal then escapes its reader task (python-trio/trio-websocket#184). The link is over.
+        raise LinkClosed() from None
     except trio_websocket.ConnectionRejected as exc:
         raise HandshakeRejected(exc.status_code) from None
     except trio_websocket.DisconnectionTimeout:

@@ -11,9 +11,9 @@ import hashlib
 import hmac
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
@@ -133,6 +133,31 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+class _ContainedConnections:
+    """Where trio-websocket starts each connection's task: one connection's failure never stops the server.
+
+    Our handler catches everything a peer can cause in our code, but trio-websocket runs its own reader task
+    beside it, and that task can fail too: it answers a ping, or refuses an oversized message, even after a close
+    frame went out, and wsproto's refusal escapes (python-trio/trio-websocket#184). In a plain nursery that
+    exception would tear down every connection and the listener with them.
+    """
+
+    __slots__ = ("_nursery",)
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        self._nursery.start_soon(_contained, fn, *args)
+
+
+async def _contained(fn: Callable[..., Awaitable[object]], *args: object) -> None:
+    try:
+        await fn(*args)
+    except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
+        logger.warning("a connection failed inside the WebSocket library and was dropped: %r", exc)
+
+
 async def serve_aip(
     *,
     host: str = "127.0.0.1",
@@ -157,20 +182,24 @@ async def serve_aip(
         raise ValueError(f"max_frame_size must be positive, got {max_frame_size}")
     settings = settings if settings is not None else ServerSettings()
     server = AIPServer(host=host, token=token, driver=driver, settings=settings)
-    async with trio.open_nursery() as nursery:
-        ws_server: trio_websocket.WebSocketServer = await nursery.start(
-            partial(
-                trio_websocket.serve_websocket,
-                server._handle_request,
-                host,
-                port,
-                ssl_context,
-                max_message_size=max_frame_size,
-                connect_timeout=settings.handshake_deadline,
-                disconnect_timeout=CLOSE_GRACE,
+    # Connection tasks live in a nursery of their own, which outlives the listener inside it.
+    async with trio.open_nursery() as connections:
+        async with trio.open_nursery() as nursery:
+            ws_server: trio_websocket.WebSocketServer = await nursery.start(
+                partial(
+                    trio_websocket.serve_websocket,
+                    server._handle_request,
+                    host,
+                    port,
+                    ssl_context,
+                    # trio.serve_listeners takes any object with start_soon as its handler nursery.
+                    handler_nursery=cast(trio.Nursery, _ContainedConnections(connections)),
+                    max_message_size=max_frame_size,
+                    connect_timeout=settings.handshake_deadline,
+                    disconnect_timeout=CLOSE_GRACE,
+                )
             )
-        )
-        server._listening(ws_server, tls=ssl_context is not None)
-        logger.info("AIP server listening on %s", server.url)
-        task_status.started(server)
+            server._listening(ws_server, tls=ssl_context is not None)
+            logger.info("AIP server listening on %s", server.url)
+            task_status.started(server)
     raise RuntimeError("the WebSocket server stopped serving")  # serve_websocket only ends by cancellation

@@ -495,7 +495,10 @@ class ConstellationDeviceManager:
                     except LinkError as exc:
                         session.end(str(exc))
             except LinkError as exc:
-                outcome = (str(exc), is_permanent(exc))
+                # A failure while the link closes never replaces a verdict already reached on it (a rejection, a
+                # timeout, why the link ended): a duplicate-id rejection must not turn into a retryable "closed".
+                if outcome is None and (session is None or session.end_reason is None):
+                    outcome = (str(exc), is_permanent(exc))
         if outcome is not None:
             return outcome
         if deadline.cancelled_caught:

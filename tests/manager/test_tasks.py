@@ -46,7 +46,8 @@ class SlowDevice:
 
 @pytest.fixture
 async def idle(peer: ScriptedPeer, manager: ConstellationDeviceManager) -> str:
-    assert await manager.register_device("dev", peer.url)
+    # Enough retries that a test which restarts the peer never sees the device give up by chance (full jitter).
+    assert await manager.register_device("dev", peer.url, max_retries=100)
     return "dev"
 
 
@@ -236,8 +237,10 @@ async def test_queued_tasks_survive_a_reconnection(
 
 
 async def test_queued_tasks_fail_at_once_when_the_device_fails(
-    peer: ScriptedPeer, manager: ConstellationDeviceManager, idle: str, autojump_clock: trio.testing.MockClock
+    peer: ScriptedPeer, manager: ConstellationDeviceManager, autojump_clock: trio.testing.MockClock
 ) -> None:
+    idle = "dev"
+    assert await manager.register_device(idle, peer.url, max_retries=3)
     peer.register_verdict = lambda n: TARGET_NOT_CONNECTED
     with manager.subscribe() as events:
         peer.stop()

@@ -12,6 +12,7 @@ import hmac
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from functools import partial
 from typing import Any, NoReturn, cast
 from urllib.parse import parse_qsl, urlsplit
@@ -103,11 +104,13 @@ class AIPServer:
             if target.path != AIP_PATH:
                 logger.info("refused %s: unknown path %s (HTTP 404)", remote, shown(target.path))
                 await request.reject(404, body=_REJECT_NOT_FOUND)
+                _hang_up()
                 return
             tokens = [value for key, value in parse_qsl(target.query, keep_blank_values=True) if key == "token"]
             if len(tokens) != 1 or not self._token_ok(tokens[0]):
                 logger.warning("refused %s on %s: missing or wrong token (HTTP 403)", remote, AIP_PATH)
                 await request.reject(403, body=_REJECT_FORBIDDEN)
+                _hang_up()
                 return
             ws = await request.accept()
         except _PEER_GONE:
@@ -139,7 +142,8 @@ class _ContainedConnections:
     Our handler catches everything a peer can cause in our code, but trio-websocket runs its own reader task
     beside it, and that task can fail too: it answers a ping, or refuses an oversized message, even after a close
     frame went out, and wsproto's refusal escapes (python-trio/trio-websocket#184). In a plain nursery that
-    exception would tear down every connection and the listener with them.
+    exception would tear down every connection and the listener with them. Each task also runs in a cancel scope
+    of its own, so that a refused handshake can end it (:func:`_hang_up`).
     """
 
     __slots__ = ("_nursery",)
@@ -151,11 +155,28 @@ class _ContainedConnections:
         self._nursery.start_soon(_contained, fn, *args)
 
 
+#: The cancel scope of the connection task being served, for :func:`_hang_up`.
+_CONNECTION: ContextVar[trio.CancelScope] = ContextVar("galaxy_trio_aip_connection")
+
+
 async def _contained(fn: Callable[..., Awaitable[object]], *args: object) -> None:
-    try:
-        await fn(*args)
-    except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
-        logger.warning("a connection failed inside the WebSocket library and was dropped: %r", exc)
+    with trio.CancelScope() as connection:
+        _CONNECTION.set(connection)
+        try:
+            await fn(*args)
+        except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
+            logger.warning("a connection failed inside the WebSocket library and was dropped: %r", exc)
+
+
+def _hang_up() -> None:
+    """End the current connection's task, which closes its socket.
+
+    After a refused handshake, trio-websocket keeps the socket open (and a task reading it) until the peer closes
+    it: without this, peers without a token could hold as many server sockets as they like.
+    """
+    connection = _CONNECTION.get(None)
+    if connection is not None:
+        connection.cancel()
 
 
 async def serve_aip(

@@ -7,6 +7,7 @@ Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``
 
 from __future__ import annotations
 
+import logging
 import math
 import ssl
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import wsproto.utilities
 
 from .aip import ClientMessage, ServerMessage, encode_text
 from .errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed
+from .redact import redact_text
 
 __all__ = ["CLOSE_GRACE", "DEFAULT_MAX_FRAME", "Link", "open_link"]
 
@@ -36,6 +38,20 @@ CANCELLED_CLOSE_GRACE: Final = 0.05
 CLOSE_NORMAL: Final = 1000
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_POLICY_VIOLATION: Final = 1008
+
+
+class _RedactTokens(logging.Filter):
+    """trio-websocket logs the URL of every connection it opens (at DEBUG), ``?token=`` included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+logging.getLogger("trio-websocket").addFilter(_RedactTokens())
 
 
 class Link:

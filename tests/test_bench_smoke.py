@@ -1,21 +1,23 @@
-"""Smoke test of benchmarks/bench_codec.py: it runs end to end, prints its table and writes well-formed JSON.
+"""Smoke tests of the benchmark scripts: each runs end to end, prints its table and writes well-formed JSON.
 
-It runs the script as a user would (a subprocess from the repository root, tiny iteration counts) and checks the
-shape of what comes out, never the timings themselves: machines are too noisy for timing assertions.
+They run the scripts as a user would (subprocesses from the repository root, tiny iteration counts and fleets) and
+check the shape of what comes out, never the timings themselves: machines are too noisy for timing assertions.
+The pure helpers of the fleet benchmarks (process layout, percentiles, histograms) are also tested directly.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("pydantic", reason="pydantic is only in the `bench` extra")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "benchmarks" / "bench_codec.py"
@@ -30,12 +32,17 @@ EXPECTED_FRAMES = {
 }
 
 
+def _require_pydantic() -> None:
+    pytest.importorskip("pydantic", reason="pydantic is only in the `bench` extra")
+
+
 def _positive(value: object) -> bool:
     return isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    _require_pydantic()
     if not FRAMES.is_dir():
         pytest.skip(f"golden frames not found at {FRAMES}")
     out = tmp_path_factory.mktemp("bench") / "codec.json"
@@ -98,6 +105,7 @@ def test_writes_json_with_positive_figures(bench_run: tuple[str, dict[str, Any]]
 
 
 def test_rejects_nonsense_arguments() -> None:
+    _require_pydantic()
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--iterations", "0"],
         cwd=REPO_ROOT,
@@ -107,3 +115,308 @@ def test_rejects_nonsense_arguments() -> None:
     )
     assert completed.returncode == 2
     assert "--iterations and --repeats must be at least 1" in completed.stderr
+
+
+# --- the fleet benchmarks: bench_registration.py, bench_reconnect.py and their device side -----------------------
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+REGISTRATION = BENCHMARKS / "bench_registration.py"
+RECONNECT = BENCHMARKS / "bench_reconnect.py"
+DEVICE_SIDE = BENCHMARKS / "_device_side.py"
+#: Bound on one smoke run as a subprocess: it normally takes a few seconds; this only stops a hang.
+SMOKE_LIMIT_S = 180
+
+
+def _bench_module(name: str) -> Any:
+    """Import a benchmark module the way the scripts import each other (``benchmarks/`` on ``sys.path``)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def _run(args: list[str], out: Path | None = None) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    completed = subprocess.run(
+        [sys.executable, *args, *(["--out", str(out)] if out is not None else [])],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        stdin=subprocess.DEVNULL,
+        timeout=SMOKE_LIMIT_S,
+        check=False,
+    )
+    data = json.loads(out.read_text(encoding="utf-8")) if out is not None and out.exists() else {}
+    return completed, data
+
+
+def _table_rows(stdout: str, first_header: str) -> tuple[list[str], list[list[str]]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header}"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("| "):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return header, rows
+
+
+@pytest.fixture(scope="module")
+def registration_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench") / "registration.json"
+    completed, data = _run(
+        [str(REGISTRATION), "--devices", "2", "1", "--repeat", "2", "--single-repeat", "3"],
+        out,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout, data
+
+
+@pytest.mark.slow
+def test_registration_prints_a_row_per_fleet_size(registration_run: tuple[str, dict[str, Any]]) -> None:
+    stdout, _ = registration_run
+    header, rows = _table_rows(stdout, "devices")
+    assert header == [
+        "devices",
+        "layout",
+        "runs",
+        "to all IDLE",
+        "target",
+        "UFO",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "CPU s",
+        "GC s",
+        "peak RSS MiB",
+        "KiB/device",
+        "retries",
+    ]
+    # Sizes come out in ascending order, each with its layout and number of timed runs.
+    assert [row[:3] for row in rows] == [["1", "1x(server+1)", "3"], ["2", "1x(server+2)", "2"]]
+    one = rows[0]
+    assert one[4].startswith("<= 3.00 ms (") and one[5] == "66.00 ms"  # the target and UFO's figure
+    assert rows[1][4] == "-"  # no target for 2 devices
+    assert "Layout: the manager runs alone in its own process" in stdout
+    assert "Open files: soft limit raised to the hard limit" in stdout
+    assert "machine load before the run:" in stdout
+
+
+@pytest.mark.slow
+def test_registration_writes_json_with_positive_figures(registration_run: tuple[str, dict[str, Any]]) -> None:
+    _, data = registration_run
+    assert data["benchmark"] == "registration"
+    assert data["targets"]["to_all_idle_s"] == {"1": 0.003, "100": 0.15, "1000": 2.0, "10000": 25.0}
+    assert data["targets"]["kib_per_idle_device"] == 30.0
+    assert data["ufo_reference_s"] == {"1": 0.066, "100": 1.12}
+    assert data["skipped"] == []
+    assert data["nofile"]["soft"] == data["nofile"]["hard"]  # raised to the hard limit
+    fleets = {fleet["devices"]: fleet for fleet in data["fleets"]}
+    assert set(fleets) == {1, 2}
+    for devices, fleet in fleets.items():
+        runs = 3 if devices == 1 else 2
+        assert fleet["runs"] == runs
+        assert len(fleet["total_s_all"]) == runs
+        assert fleet["failed_runs"] == 0
+        assert fleet["statuses"] == [{"idle": devices}] * runs
+        assert fleet["events_dropped"] == 0
+        assert isinstance(fleet["retries"], int) and fleet["retries"] >= 0
+        assert fleet["device_processes"] == 1 and fleet["agents_per_process"] == [devices]
+        for key in ("total_s_median", "cpu_s_median", "close_s_median", "peak_rss_mib", "rss_before_mib"):
+            assert _positive(fleet[key]), (devices, key)
+        assert math.isfinite(fleet["rss_per_device_kib"])
+        per_device = fleet["per_device_ms"]
+        assert per_device["samples"] == runs * devices  # every device of every run has a connect -> IDLE time
+        assert all(_positive(per_device[p]) for p in ("p50", "p95", "p99", "max"))
+        assert per_device["p50"] <= per_device["p95"] <= per_device["p99"] <= per_device["max"]
+        assert [side["devices"] for side in fleet["device_side"]] == [devices]
+        assert fleet["profile"] is None
+    assert fleets[1]["target_s"] == 0.003 and isinstance(fleets[1]["meets_target"], bool)
+    assert fleets[2]["target_s"] is None and fleets[2]["meets_target"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--devices", "0"], "every N must be at least 1"),
+        (["--devices", "3", "--repeat", "0"], "--repeat and --single-repeat must be at least 1"),
+    ],
+)
+def test_registration_rejects_nonsense_arguments(args: list[str], message: str) -> None:
+    completed, _ = _run([str(REGISTRATION), *args])
+    assert completed.returncode == 2
+    assert message in completed.stderr
+
+
+@pytest.mark.slow
+def test_registration_reports_a_run_that_does_not_settle() -> None:
+    # A run limit no real run can meet: the worker says where the devices stood, and the script fails cleanly.
+    completed, _ = _run([str(REGISTRATION), "--devices", "2", "--repeat", "1", "--timeout", "0.001"])
+    assert completed.returncode == 1
+    assert "run 'warmup' did not settle; devices by status: {'connecting (phase" in completed.stderr
+    assert "a run did not bring every device to IDLE within 0.001 s (--timeout)" in completed.stderr
+    assert "FAILED: the manager worker for 2 devices exited with 1" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "| devices" not in completed.stdout  # no figures from a failed run
+
+
+def test_registration_plan_fits_processes_under_the_open_files_limit() -> None:
+    bench = _bench_module("bench_registration")
+    small = bench.plan(100, 20000, 28232)
+    assert (small.shard_counts, small.layout, small.skipped) == ((100,), "1x(server+100)", None)
+    # From 1,000 devices on, two device-side processes (two cores); 10,000 fits 20,000 fds as 2 x 5,000.
+    assert bench.plan(1000, 20000, 28232).shard_counts == (500, 500)
+    assert bench.plan(10000, 20000, 28232).shard_counts == (5000, 5000)
+    # A tighter limit splits further: 3 fds per device + overhead must fit in each process.
+    tight = bench.plan(3001, 4000, 28232)
+    assert sum(tight.shard_counts) == 3001 and max(tight.shard_counts) * 3 + 128 <= 4000
+    assert tight.layout == f"{len(tight.shard_counts)}x(server+{'/'.join(map(str, tight.shard_counts))})"
+    # So does a narrow ephemeral port range: each server port takes 2 links per device from 127.0.0.1.
+    assert bench.plan(6000, 20000, 4000).shard_counts == (2000, 2000, 2000)
+    # The manager holds one fd per device and cannot be split: then the size is skipped, saying why.
+    skipped = bench.plan(10000, 10000, 28232)
+    assert skipped.shard_counts == () and "hard limit is 10000" in (skipped.skipped or "")
+
+
+def test_registration_percentile_is_nearest_rank() -> None:
+    bench = _bench_module("bench_registration")
+    values = [float(v) for v in range(1, 101)]
+    assert [bench.percentile(values, p) for p in (50, 95, 99, 100)] == [50.0, 95.0, 99.0, 100.0]
+    assert bench.percentile([7.0], 99) == 7.0
+    assert math.isnan(bench.percentile([], 50))
+
+
+@pytest.fixture(scope="module")
+def reconnect_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench") / "reconnect.json"
+    completed, data = _run(
+        [str(RECONNECT), "--devices", "3", "--reconnect-delay", "0.1", "--backoff-cap", "0.5"],
+        out,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout, data
+
+
+@pytest.mark.slow
+def test_reconnect_prints_table_and_histogram(reconnect_run: tuple[str, dict[str, Any]]) -> None:
+    stdout, data = reconnect_run
+    header, rows = _table_rows(stdout, "devices")
+    assert header == [
+        "devices",
+        "backoff",
+        "downtime",
+        "restart -> all IDLE",
+        "target",
+        "kill -> all IDLE",
+        "attempts",
+        "per device (med/max)",
+        "busiest 250 ms",
+        "manager CPU s",
+    ]
+    assert len(rows) == 1
+    assert rows[0][:3] == ["3", "0.1..0.5 s", "0 s"]
+    assert rows[0][4].startswith("<= 3.5 s (")  # backoff cap + 3 s
+    histogram_lines = [line for line in stdout.splitlines() if re.match(r" *\d+\.\d\ds \|", line)]
+    assert len(histogram_lines) == len(data["histogram"])
+    assert "<- server killed" in histogram_lines[0]
+    assert any("new server listening" in line for line in histogram_lines)
+    assert any("all IDLE again" in line for line in histogram_lines)
+    assert "machine load before the run:" in stdout
+
+
+@pytest.mark.slow
+def test_reconnect_writes_json_with_positive_figures(reconnect_run: tuple[str, dict[str, Any]]) -> None:
+    _, data = reconnect_run
+    assert data["benchmark"] == "reconnect"
+    assert (data["devices"], data["reconnect_delay_s"], data["backoff_cap_s"]) == (3, 0.1, 0.5)
+    assert data["recovered"] is True and data["devices_back"] == 3
+    assert data["statuses_after"] == {"idle": 3}
+    assert data["target_s"] == 3.5 and isinstance(data["meets_target"], bool)
+    for key in ("restart_to_all_idle_s", "kill_to_all_idle_s", "kill_to_listening_s", "first_up_s"):
+        assert _positive(data[key]), key
+    # The restart comes after the kill, and every device is back after the restart.
+    assert data["kill_to_all_idle_s"] > data["kill_to_listening_s"] > 0
+    assert data["reconnect_attempts"] >= 3  # every device reconnected at least once
+    assert sum(data["histogram"]) == data["reconnect_attempts"]
+    assert data["attempts_per_device"]["min"] >= 1
+    assert data["bucket_s"] == 0.25
+    assert data["disconnect_reasons"]  # every device lost its link: the reasons are counted
+    assert 0 < data["spread"]["busiest_bucket_share"] <= 1
+    assert data["events_dropped"] == 0
+    # Server, agents, restarted server: three device-side processes, the agents in their own.
+    assert [(side["server"], side["devices"]) for side in data["device_side"]] == [(True, 0), (False, 3), (True, 0)]
+
+
+def test_reconnect_histogram_buckets_and_marks() -> None:
+    bench = _bench_module("bench_reconnect")
+    counts = bench.histogram([0.0, 0.1, 0.26, 0.9, 5.0], bucket=0.25, end=1.0)
+    assert counts == [2, 1, 0, 2]  # the last bucket also takes what lies past the end
+    text = bench.ascii_histogram([2, 1, 0], bucket=0.25, marks={0.0: "server killed", 0.3: "back"})
+    lines = text.splitlines()
+    assert lines[0] == "  0.00s |" + "#" * bench.BAR_WIDTH + "|     2  <- server killed"
+    assert lines[1].startswith("  0.25s |" + "#" * (bench.BAR_WIDTH // 2) + " ")
+    assert lines[1].endswith("|     1  <- back")
+    assert lines[2] == "  0.50s |" + " " * bench.BAR_WIDTH + "|     0"
+
+
+def test_reconnect_rejects_nonsense_arguments() -> None:
+    completed, _ = _run([str(RECONNECT), "--devices", "5", "--reconnect-delay", "2", "--backoff-cap", "1"])
+    assert completed.returncode == 2
+    assert "need 0 < --reconnect-delay <= --backoff-cap" in completed.stderr
+
+
+@pytest.mark.slow
+def test_device_side_announces_ready_and_stops_when_stdin_closes() -> None:
+    token = "smoke-token-not-to-be-printed"
+    process = subprocess.Popen(
+        [sys.executable, str(DEVICE_SIDE), "--devices", "2", "--port", "0", "--prefix", "smoke-"],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GALAXY_TRIO_TOKEN": token},
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        line = process.stdout.readline()
+        ready = json.loads(line)
+        assert ready["event"] == "ready" and ready["server"] is True
+        assert ready["devices"] == 2 and ready["prefix"] == "smoke-"
+        assert ready["url"] == f"ws://127.0.0.1:{ready['port']}/ws" and ready["port"] > 0
+        assert ready["nofile"]["soft"] == ready["nofile"]["hard"]
+        assert token not in line
+        process.stdin.close()  # the lifeline: the device side stops when its parent lets go
+        assert process.wait(timeout=30) == 0
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+        assert "stopping (stdin closed)" in stderr
+        assert token not in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_device_side_needs_a_token_and_a_server_for_agents_only() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "GALAXY_TRIO_TOKEN"}
+    no_token = subprocess.run(
+        [sys.executable, str(DEVICE_SIDE), "--devices", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SMOKE_LIMIT_S,
+        check=False,
+    )
+    assert no_token.returncode == 2 and "GALAXY_TRIO_TOKEN" in no_token.stderr
+    no_server = subprocess.run(
+        [sys.executable, str(DEVICE_SIDE), "--devices", "1", "--agents-only", "--token", "t"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_LIMIT_S,
+        check=False,
+    )
+    assert no_server.returncode == 2 and "--agents-only needs --server-url" in no_server.stderr

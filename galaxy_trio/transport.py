@@ -168,3 +168,20 @@ async def open_link(
         raise ConnectFailed(f"WebSocket handshake failed ({detail})") from None
     except (OSError, trio.BrokenResourceError) as exc:
         raise ConnectFailed(f"connection failed ({type(exc).__name__}: {exc})") from None
+    finally:
+        if link is not None:
+            await _close_socket(link._ws)
+
+
+async def _close_socket(ws: trio_websocket.WebSocketConnection) -> None:
+    """Close the TCP stream under a client WebSocket once trio-websocket is done with it.
+
+    When the peer ends the link (a close frame trio-websocket answers, an EOF, a reset), trio-websocket's client
+    never closes its own stream, and its ``aclose`` is then a no-op: the socket would stay open (CLOSE_WAIT) until
+    the garbage collector finds it. Closing a closed stream is a no-op, so this is safe on every path.
+    """
+    with trio.move_on_after(CANCELLED_CLOSE_GRACE, shield=True):
+        try:
+            await ws._stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass

@@ -452,6 +452,10 @@ class ConstellationDeviceManager:
                     holder.append(session)
                     device.session = session
                     await conn.start(session.read_loop)
+                    # A deadline that expired while the link opened has already cancelled the scope, and moving it
+                    # cannot undo that: let it fire here, as the connect timeout it is, not at the next checkpoint
+                    # in phase 3 (where it was reported as "register timed out").
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     deadline.deadline = math.inf  # phase 2 is over; later phases have their own scopes
                     try:
                         # Phase 3: REGISTER → confirmation.

@@ -40,8 +40,14 @@ __all__ = [
 
 logger = logging.getLogger("galaxy_trio.manager")
 
-#: UFO's text for a task whose device dropped (PROTOCOL.md §8.8); mapped to error_type ``device_disconnection``.
-_DEVICE_GONE_TEXT: Final = "Task was cancelled because target device disconnected"
+#: TASK_END errors that mean the task was cut off, not run and failed; mapped to error_type ``device_disconnection``:
+#: UFO's text for a task whose device dropped (PROTOCOL.md §8.8), and galaxy_trio's server's when it shuts down.
+_DISCONNECTION_TEXTS: Final = frozenset(
+    {
+        "Task was cancelled because target device disconnected",
+        "Task was cancelled because the server is shutting down",
+    }
+)
 
 #: Bound on sending one TASK frame; the send is shielded so a cancelled caller cannot leave half a TASK behind.
 _SEND_GRACE: Final = 5.0
@@ -80,9 +86,9 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     """The outcome of :meth:`ConstellationDeviceManager.assign_task_to_device`.
 
     ``status`` is ``completed`` or ``failed``. On failure ``error_type`` says why: ``rejected`` (the server refused
-    the TASK), ``device_disconnection`` (the link dropped while it ran), ``device_failed`` (the device gave up or
-    was disconnected while the task waited), ``task_failed`` (the device side ran it and reported failure), or
-    ``timeout`` (the default ``task_timeout`` ran out, queue time included).
+    the TASK), ``device_disconnection`` (the link dropped, or the server shut down, while it ran), ``device_failed``
+    (the device gave up or was disconnected while the task waited), ``task_failed`` (the device side ran it and
+    reported failure), or ``timeout`` (the default ``task_timeout`` ran out, queue time included).
     """
 
     task_id: str
@@ -254,7 +260,7 @@ def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: _Clo
             task_id=task_id, device_id=device_id, status="completed", result=frame.result, timings=clock.timings()
         )
     error = frame.error or "task failed"
-    error_type: ErrorType = "device_disconnection" if error == _DEVICE_GONE_TEXT else "task_failed"
+    error_type: ErrorType = "device_disconnection" if error in _DISCONNECTION_TEXTS else "task_failed"
     return TaskResult(
         task_id=task_id,
         device_id=device_id,

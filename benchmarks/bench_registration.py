@@ -57,6 +57,7 @@ from galaxy_trio import ConstellationDeviceManager
 from galaxy_trio.config import DeviceConfig, ManagerSettings
 from galaxy_trio.manager import DeviceStatus, EventKind
 from galaxy_trio.redact import url_with_token
+from galaxy_trio.runtime import tune_gc
 
 #: Seconds to all IDLE that we aim for, by fleet size.
 TARGET_S = {1: 0.003, 100: 0.15, 1000: 2.0, 10000: 25.0}
@@ -366,6 +367,10 @@ async def worker(spec: dict[str, Any], token: str) -> dict[str, Any]:
     }
 
 
+#: How the manager process sets up the garbage collector (--gc); passed to each worker in its spec.
+GC_MODE = "cli"
+
+
 def worker_main(spec_json: str) -> int:
     _device_side.raise_nofile_limit()
     token = os.environ.get(_device_side.TOKEN_ENV, "")
@@ -373,6 +378,8 @@ def worker_main(spec_json: str) -> int:
         print(f"--worker needs ${_device_side.TOKEN_ENV}", file=sys.stderr)
         return 2
     spec = json.loads(spec_json)
+    if spec.get("gc", "cli") == "cli":
+        tune_gc()  # as `python -m galaxy_trio run` does (galaxy_trio/runtime.py)
     try:
         result = trio.run(worker, spec, token)
     except trio.TooSlowError:
@@ -476,6 +483,7 @@ async def measure(
             "timeout": run_limit,
             "heartbeat_interval": heartbeat_interval,
             "profile": str(profile) if profile is not None else None,
+            "gc": GC_MODE,
         }
         completed = await trio.run_process(
             [sys.executable, str(SCRIPT), "--worker", json.dumps(spec)],
@@ -680,9 +688,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"the manager's heartbeat_interval (default: the library's, {_DEFAULT_HEARTBEAT:g} s)",
     )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the device side's logs (WARNING) in DIR")
+    parser.add_argument(
+        "--gc",
+        choices=["cli", "default"],
+        default="cli",
+        help="the manager process's GC thresholds: 'cli' = galaxy_trio.runtime.tune_gc() as the CLI sets them "
+        "(default), 'default' = Python's",
+    )
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     _common.add_out_argument(parser)
     args = parser.parse_args(argv)
+    global GC_MODE
+    GC_MODE = args.gc
     if args.worker is None:
         if any(n < 1 for n in args.devices):
             parser.error("--devices: every N must be at least 1")

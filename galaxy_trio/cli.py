@@ -25,6 +25,7 @@ from ._nursery import open_service_nursery
 from .config import ConfigError, DeviceConfig, GalaxyConfig, load_config
 from .errors import GalaxyTrioError
 from .redact import redact_url, url_token
+from .runtime import freeze_settled_objects, tune_gc
 
 __all__ = ["main"]
 
@@ -107,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "agent": _agent,
     }
+    if args.command in ("run", "serve", "agent", "task"):
+        tune_gc()  # long-running fleet processes: see galaxy_trio/runtime.py
     try:
         result = trio.run(_until_interrupted, partial(commands[args.command], args))
     except (ConfigError, GalaxyTrioError) as exc:
@@ -209,6 +212,7 @@ async def _bring_up(manager: Any, devices: Sequence[DeviceConfig], *, live: bool
             display.start_soon(show_live_table, view, events, sys.stdout)
         manager.add_devices(devices)
         settled = await manager.wait_until_settled()
+        freeze_settled_objects()
         idle = sum(1 for p in settled.values() if p.status.value == "idle")
         logger.info("%d of %d devices IDLE", idle, len(settled))
         if not once:

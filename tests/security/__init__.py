@@ -1,0 +1,1 @@
+"""Reliability and security tests: fuzzed frames, UFO's advisory classes, TLS."""

@@ -36,7 +36,7 @@ from .activate import keep_alive
 from .connect import client_ssl_context, is_permanent, open_link
 from .events import EventHub, EventKind, EventSubscription
 from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
-from .register import RegistrationRejected, register
+from .register import RegistrationRejected, is_duplicate, register
 from .session import ClientSession
 from .telemetry import fetch_system_info, merge_system_info
 
@@ -45,6 +45,10 @@ __all__ = ["ConstellationDeviceManager", "DeviceAlreadyRegistered", "UnknownDevi
 logger = logging.getLogger("galaxy_trio.manager")
 
 _SETTLED = frozenset({DeviceStatus.IDLE, DeviceStatus.FAILED})
+
+#: How long after losing an IDLE link a "client_id already registered" refusal is taken for our own stale link and
+#: retried: UFO's server drops a dead peer after its 20 s ping + 20 s pong timeout, ours likewise; twice that.
+_STALE_HOLDER_GRACE = 90.0
 
 
 class UnknownDevice(GalaxyTrioError, KeyError):
@@ -70,6 +74,7 @@ class _Device:
     __slots__ = (
         "changed",
         "connect_url",
+        "lost_at",
         "profile",
         "queued",
         "runner",
@@ -77,6 +82,7 @@ class _Device:
         "slot",
         "ssl_context",
         "stopping",
+        "went_idle",
     )
 
     def __init__(self, profile: AgentProfile, connect_url: str, ssl_context: ssl.SSLContext | None) -> None:
@@ -90,6 +96,9 @@ class _Device:
         self.slot = trio.Semaphore(1)
         self.queued = 0
         self.stopping = False
+        #: Whether the current attempt reached IDLE, and when (trio time) the last IDLE link was lost.
+        self.went_idle = False
+        self.lost_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<device {self.profile.device_id} {self.profile.status.value}>"
@@ -400,9 +409,20 @@ class ConstellationDeviceManager:
                 while True:
                     self._set_status(device, DeviceStatus.CONNECTING)
                     profile.connection_attempts += 1
+                    device.went_idle = False
                     reason, permanent = await self._attempt(device)
                     if device.stopping:
                         return
+                    now = trio.current_time()
+                    if device.went_idle:
+                        device.lost_at = now
+                    elif permanent and is_duplicate(reason) and device.lost_at is not None:
+                        # Our own previous link may still hold the client id on the server, which has not yet
+                        # noticed that link is dead (a partition, a black hole): retry, without counting the
+                        # attempt, for as long as a server's keepalive needs to drop such a link.
+                        if now - device.lost_at < _STALE_HOLDER_GRACE:
+                            permanent = False
+                            profile.connection_attempts -= 1
                     if permanent:
                         self._set_status(device, DeviceStatus.FAILED, reason)
                         return
@@ -516,6 +536,8 @@ class ConstellationDeviceManager:
         profile = device.profile
         profile.connection_attempts = 0
         profile.last_heartbeat = datetime.now(UTC)
+        device.went_idle = True
+        device.lost_at = None
         device_id = profile.device_id
 
         def on_heartbeat(_frame: ServerMessage) -> None:

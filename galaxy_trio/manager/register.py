@@ -11,7 +11,7 @@ from ..aip import builders
 from ..errors import GalaxyTrioError
 from .session import ClientSession, frame_error
 
-__all__ = ["RegistrationRejected", "register"]
+__all__ = ["RegistrationRejected", "is_duplicate", "register"]
 
 _RETRYABLE_PREFIX = "Target device "
 _RETRYABLE_SUFFIX = " is not connected"
@@ -26,6 +26,11 @@ class RegistrationRejected(GalaxyTrioError):
         # The one rejection that time fixes: the device agent has not connected yet (or is reconnecting).
         # A duplicate client_id or anything else is permanent until an operator acts.
         self.retryable = reason.startswith(_RETRYABLE_PREFIX) and reason.endswith(_RETRYABLE_SUFFIX)
+
+
+def is_duplicate(reason: str) -> bool:
+    """Whether a rejection says the client id is already registered (UFO's text, PROTOCOL.md §8.9)."""
+    return "is already registered" in reason
 
 
 async def register(session: ClientSession, task_name: str, device_id: str) -> None:

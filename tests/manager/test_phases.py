@@ -323,3 +323,40 @@ async def test_remove_device_disconnects_and_forgets_it(
     assert manager.get_device_info("dev") is None and manager.get_all_devices() == {}
     await peer.wait_for(lambda: not peer.live)
     assert await manager.register_device("dev", peer.url)  # the id may be registered again
+
+
+async def test_a_duplicate_after_losing_an_idle_link_is_our_stale_link_and_is_retried(
+    nursery: trio.Nursery,
+    peer: ScriptedPeer,
+    manager: ConstellationDeviceManager,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A partition: our old link still holds the id on the server until its keepalive drops it."""
+    assert await manager.register_device("dev", peer.url, max_retries=2)
+    with manager.subscribe() as events:
+        peer.stop()
+        await _wait_status(events, DeviceStatus.DISCONNECTED)
+        first = peer.registers
+        peer.register_verdict = lambda n: DUPLICATE if n <= first + 4 else None  # four refusals, then accepted
+        await nursery.start(peer.serve)
+        await _wait_status(events, DeviceStatus.IDLE)
+    assert peer.registers == first + 5  # more refusals than max_retries, none of them counted
+    profile = manager.get_device_info("dev")
+    assert profile is not None and profile.status is DeviceStatus.IDLE and profile.connection_attempts == 0
+
+
+async def test_a_duplicate_long_after_the_loss_fails_the_device(
+    nursery: trio.Nursery,
+    peer: ScriptedPeer,
+    manager: ConstellationDeviceManager,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    assert await manager.register_device("dev", peer.url, max_retries=1000)
+    with manager.subscribe() as events:
+        peer.stop()
+        await _wait_status(events, DeviceStatus.DISCONNECTED)
+        await trio.sleep(120.0)  # virtual: longer than any server keeps a dead link
+        peer.register_verdict = lambda n: DUPLICATE
+        await nursery.start(peer.serve)
+        event = await _wait_status(events, DeviceStatus.FAILED)
+    assert event.reason is not None and "already registered" in event.reason

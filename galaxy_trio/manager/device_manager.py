@@ -81,6 +81,7 @@ class _Device:
         "session",
         "slot",
         "ssl_context",
+        "stop_reason",
         "stopping",
         "went_idle",
     )
@@ -96,6 +97,7 @@ class _Device:
         self.slot = trio.Semaphore(1)
         self.queued = 0
         self.stopping = False
+        self.stop_reason: str | None = None
         #: Whether the current attempt reached IDLE, and when (trio time) the last IDLE link was lost.
         self.went_idle = False
         self.lost_at: float | None = None
@@ -366,6 +368,7 @@ class ConstellationDeviceManager:
     def _start(self, device: _Device) -> None:
         nursery = self._require_nursery()
         device.stopping = False
+        device.stop_reason = None
         device.runner = trio.CancelScope()
         # CONNECTING at once, so that a waiter started right after this call does not see the old verdict.
         self._set_status(device, DeviceStatus.CONNECTING)
@@ -376,6 +379,7 @@ class ConstellationDeviceManager:
         if device.runner is None:
             return
         device.stopping = True
+        device.stop_reason = reason
         session = device.session
         if session is not None and not session.ended:
             session.end(reason)

@@ -204,7 +204,7 @@ async def _queue_and_run(
     try:
         session = await _wait_until_idle(device)
         if session is None:
-            reason = device.profile.failure_reason or f"device is {device.profile.status.value}"
+            reason = device.profile.failure_reason or device.stop_reason or f"device is {device.profile.status.value}"
             return _failed(task_id, device_id, "device_failed", f"device {device_id!r} stopped: {reason}", clock)
         session_id = f"{manager.task_name}@{task_id}"
         pending = PendingTask(task_id)

@@ -26,7 +26,7 @@ from ..aip import (
 from ..errors import LinkError
 from ..transport import Link
 
-__all__ = ["ClientSession", "PendingTask", "Reply", "SessionEnded", "frame_error"]
+__all__ = ["MAX_PEER_TEXT", "ClientSession", "PendingTask", "Reply", "SessionEnded", "clip", "frame_error"]
 
 logger = logging.getLogger("galaxy_trio.manager")
 
@@ -196,7 +196,8 @@ class ClientSession:
             if self.on_task_end is not None:
                 self.on_task_end(frame)
         elif kind is ServerMessageType.ERROR:
-            self._on_error(frame.error or "unspecified error")
+            # Server-supplied text ends up in logs, statuses and task results: bound it here, once.
+            self._on_error(clip(frame.error or "unspecified error"))
         else:
             logger.debug("device %s: ignoring %s frame (not meant for a constellation)", self.device_id, kind.value)
 
@@ -216,7 +217,18 @@ def _as_error(text: str) -> ServerMessage:
 
 
 def frame_error(frame: ServerMessage) -> str | None:
-    """The error text of an ERROR frame, else ``None``."""
+    """The error text of an ERROR frame (bounded by :func:`clip`), else ``None``."""
     if frame.type is ServerMessageType.ERROR:
-        return frame.error or "unspecified error"
+        return clip(frame.error or "unspecified error")
     return None
+
+
+#: The most characters of peer-supplied text (error texts, ids) that reach a log line, a status or a result.
+MAX_PEER_TEXT = 500
+
+
+def clip(text: str, limit: int = MAX_PEER_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out: a peer cannot flood our logs."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"

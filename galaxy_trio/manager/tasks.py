@@ -24,7 +24,7 @@ from ..aip import ServerMessage, TaskStatus, builders
 from ..errors import GalaxyTrioError
 from .events import EventKind
 from .profile import DeviceStatus
-from .session import ClientSession, PendingTask, SessionEnded
+from .session import ClientSession, PendingTask, SessionEnded, clip
 
 if TYPE_CHECKING:
     from .device_manager import ConstellationDeviceManager, _Device
@@ -259,7 +259,7 @@ def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: _Clo
         return TaskResult(
             task_id=task_id, device_id=device_id, status="completed", result=frame.result, timings=clock.timings()
         )
-    error = frame.error or "task failed"
+    error = clip(frame.error or "task failed")
     error_type: ErrorType = "device_disconnection" if error in _DISCONNECTION_TEXTS else "task_failed"
     return TaskResult(
         task_id=task_id,
@@ -305,7 +305,7 @@ def attach(manager: ConstellationDeviceManager, device: _Device, session: Client
         if session_id not in session.tasks:
             # Unknown session, or a session of another device's link: never ours to act on (UFO advisory class).
             logger.warning(
-                "device %s: ignoring TASK_END for unknown session %r", device.profile.device_id, frame.session_id
+                "device %s: ignoring TASK_END for unknown session %r", device.profile.device_id, clip(session_id, 100)
             )
             return
         finish(session_id, frame)

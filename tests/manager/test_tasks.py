@@ -306,3 +306,19 @@ async def test_task_events_are_published(peer: ScriptedPeer, manager: Constellat
             if event.task_id == "t1":
                 kinds.append(event.kind)
     assert kinds == [EventKind.TASK_QUEUED, EventKind.TASK_STARTED, EventKind.TASK_FINISHED]
+
+
+async def test_a_huge_error_text_from_the_server_is_bounded(
+    peer: ScriptedPeer, manager: ConstellationDeviceManager, idle: str
+) -> None:
+    huge = "x" * 200_000
+
+    async def reject(peer: ScriptedPeer, conn: Conn, task: ClientMessage) -> None:
+        from galaxy_trio.aip import builders, encode_text
+
+        await conn.send(encode_text(builders.server_error(huge)))
+
+    peer.task_handler = reject
+    result = await manager.assign_task_to_device("t1", idle, "x")
+    assert result.error_type == "rejected" and result.error is not None
+    assert len(result.error) < 1000 and "more characters" in result.error

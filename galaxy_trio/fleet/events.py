@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 import trio
 
+from ..fanout import Hub, Subscription
+
 __all__ = ["FleetEvent", "FleetEventHub", "FleetEventKind", "FleetSubscription", "encode_event"]
 
 
@@ -61,71 +63,14 @@ def encode_event(event: msgspec.Struct, **extra: Any) -> bytes:
     return _encoder.encode({key: value for key, value in document.items() if value is not None})
 
 
-class FleetSubscription:
-    """A subscriber's receive channel plus how many events it missed because its buffer was full."""
-
-    __slots__ = ("_receive", "_send", "dropped")
-
-    def __init__(self, buffer: int) -> None:
-        self._send, self._receive = trio.open_memory_channel[FleetEvent](buffer)
-        self.dropped = 0
-
-    @property
-    def channel(self) -> trio.MemoryReceiveChannel[FleetEvent]:
-        return self._receive
-
-    def __aiter__(self) -> trio.MemoryReceiveChannel[FleetEvent]:
-        return self._receive
-
-    def pending(self) -> list[FleetEvent]:
-        """Every event received so far and not yet read, without waiting."""
-        events = []
-        while True:
-            try:
-                events.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return events
-
-    async def receive(self) -> FleetEvent:
-        return await self._receive.receive()
-
-    def close(self) -> None:
-        self._receive.close()
-
-    def __enter__(self) -> FleetSubscription:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+#: A subscription to fleet events (see :mod:`galaxy_trio.fanout` for the overflow policy).
+FleetSubscription = Subscription[FleetEvent]
 
 
-class FleetEventHub:
+class FleetEventHub(Hub[FleetEvent]):
     """Fans each fleet event out to every live subscription without ever blocking the publisher."""
 
-    __slots__ = ("_default_buffer", "_subscriptions")
+    __slots__ = ()
 
     def __init__(self, default_buffer: int = 1024) -> None:
-        self._default_buffer = default_buffer
-        self._subscriptions: list[FleetSubscription] = []
-
-    def subscribe(self, buffer: int | None = None) -> FleetSubscription:
-        subscription = FleetSubscription(self._default_buffer if buffer is None else buffer)
-        self._subscriptions.append(subscription)
-        return subscription
-
-    def publish(self, event: FleetEvent) -> None:
-        gone: list[FleetSubscription] = []
-        for subscription in self._subscriptions:
-            try:
-                subscription._send.send_nowait(event)
-            except trio.WouldBlock:
-                subscription.dropped += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                gone.append(subscription)
-        for subscription in gone:
-            self._subscriptions.remove(subscription)
-
-    def close(self) -> None:
-        for subscription in self._subscriptions:
-            subscription._send.close()
-        self._subscriptions.clear()
+        super().__init__(default_buffer)

@@ -42,6 +42,7 @@ from galaxy_trio.aip import (
 )
 from galaxy_trio.config import DeviceConfig
 from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
+from galaxy_trio.manager.session import clip
 from galaxy_trio.manager.telemetry import SYSTEM_INFO_KEYS
 from galaxy_trio.server import AIPServer
 from galaxy_trio.transport import CLOSE_GRACE
@@ -217,7 +218,7 @@ def _registration_verdict(batch: Sequence[Payload]) -> tuple[str, str | None]:
         if message is None:
             continue
         if message.type is ServerMessageType.ERROR:
-            return "rejected", message.error or "unspecified error"
+            return "rejected", clip(message.error or "unspecified error")  # server text is bounded
         if message.type is ServerMessageType.HEARTBEAT and message.status.value == "ok":
             break
     # Accepted (by a fuzzed heartbeat/ok or by the real confirmation); a later binary or oversized frame still

@@ -93,8 +93,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m galaxy_trio`` and the ``galaxy-trio`` script; returns the exit status."""
     args = _parser().parse_args(argv)
+    # On a terminal, `run` draws a live table: INFO lines would scroll it away, so only warnings are logged then.
+    live_table = args.command == "run" and not args.json and not args.redis and sys.stdout.isatty()
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if live_table else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )

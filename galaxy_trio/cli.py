@@ -138,16 +138,12 @@ async def _until_interrupted(command: Callable[[], Any]) -> int:
     return result
 
 
-def _load(path: str) -> GalaxyConfig:
-    return load_config(path)
-
-
 # --- check -----------------------------------------------------------------------------------------------------
 
 
 async def _check(args: argparse.Namespace) -> int:
     try:
-        config = _load(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) in {args.config}", file=sys.stderr)
@@ -179,7 +175,7 @@ async def _fleet(config: GalaxyConfig, devices: Sequence[DeviceConfig], local: b
 async def _run(args: argparse.Namespace) -> int:
     from .console import profiles_json
 
-    config = _load(args.config)
+    config = load_config(args.config)
     local = args.local or config.local
     if args.redis and args.once:
         print("error: --once does not apply to --redis: a fleet member runs until stopped", file=sys.stderr)
@@ -249,7 +245,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _task(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config(args.config)
     try:
         device = config.device(args.device)
     except KeyError:

@@ -63,6 +63,7 @@ class FleetView:
                 row.streak_since = None
                 row.attempt = 0
                 row.reason = None
+                row.phase, row.phase_since = _PHASE_LABELS["active"], now
             elif event.new_status is DeviceStatus.DISCONNECTED:
                 row.phase, row.phase_since = "backoff", now
                 row.reason = event.reason
@@ -72,8 +73,6 @@ class FleetView:
                 row.streak_since = None
             elif event.new_status is DeviceStatus.BUSY:
                 row.phase, row.phase_since = "5 busy", now
-            if event.new_status is DeviceStatus.IDLE:
-                row.phase, row.phase_since = _PHASE_LABELS["active"], now
 
     def render(self, now: float, width: int = 120) -> list[str]:
         header = f"{'device':<20} {'status':<12} {'phase':<12} {'attempt':>7} {'in phase':>9} {'to IDLE':>9}  reason"

@@ -1,14 +1,16 @@
 """ConstellationDeviceManager: turns configured devices into connected, profiled, task-ready agents.
 
 Each device gets one long-lived runner task in the manager's nursery. The runner loops over connection attempts;
-each attempt opens its own nursery (the link's reader, then its heartbeats) and walks the phases:
+each attempt opens its own nursery (holding the link's one reader) and walks the phases in the runner itself:
 
-    connect (phase 2) → register (phase 3) → telemetry (phase 4) → activate (phase 5, IDLE + heartbeats)
+    connect (phase 2) → register (phase 3) → telemetry (phase 4) → activate (phase 5, IDLE; the runner then
+    sends the heartbeats until the link ends)
 
-Every phase is bounded by one cancel scope whose deadline moves from phase to phase, so a stalled handshake or a
-server that never confirms REGISTER costs exactly its timeout. Failures that retrying can fix are retried with
-exponential backoff and full jitter up to ``max_retries`` consecutive attempts; the rest (HTTP 401/403, a
-duplicate client_id, any other rejection) fail the device at once with the reason.
+Every phase is bounded by a cancel scope (``connect_timeout``, ``register_timeout``, ``telemetry_timeout``), so a
+stalled handshake or a server that never confirms REGISTER costs exactly its timeout. Failures that retrying can
+fix are retried with exponential backoff and full jitter up to ``max_retries`` consecutive attempts; the rest
+(HTTP 401/403, a duplicate client_id — unless our own lost link may still hold it —, any other rejection) fail the
+device at once with the reason.
 """
 
 from __future__ import annotations
@@ -291,7 +293,7 @@ class ConstellationDeviceManager:
             return False
         self._stop(device, "disconnected by request")
         while device.runner is runner:
-            await _wait(device.changed)
+            await device.changed.wait()
         return True
 
     async def remove_device(self, device_id: str) -> AgentProfile:
@@ -310,7 +312,7 @@ class ConstellationDeviceManager:
         """Wait until the device is IDLE or FAILED (or not running at all) and return a snapshot of its profile."""
         device = self._get(device_id)
         while device.runner is not None and device.profile.status not in _SETTLED:
-            await _wait(device.changed)
+            await device.changed.wait()
         return device.profile.snapshot()
 
     async def wait_until_settled(self, device_ids: Iterable[str] | None = None) -> dict[str, AgentProfile]:
@@ -570,10 +572,6 @@ def _notify(device: _Device) -> None:
     changed = device.changed
     device.changed = trio.Event()
     changed.set()
-
-
-async def _wait(event: trio.Event) -> None:
-    await event.wait()
 
 
 def _check_settings(settings: ManagerSettings) -> None:

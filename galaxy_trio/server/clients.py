@@ -23,15 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["ClientInfo", "ClientRecord", "ClientRegistry", "DeviceLoad", "PendingCommand"]
 
 
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """A read-only snapshot of one online client, for tests, the CLI and logs."""
-
-    client_id: str
-    role: ClientType
-    target_id: str | None
-    platform: str
-    system_info: Mapping[str, Any] | None
+#: A read-only snapshot of one online client (for tests, the CLI and logs): what its REGISTER pinned.
+ClientInfo = Registration
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +93,7 @@ class ClientRecord:
         self.active -= 1
 
     def info(self) -> ClientInfo:
-        return ClientInfo(self.client_id, self.role, self.target_id, self.platform, self.system_info)
+        return Registration(self.client_id, self.role, self.target_id, self.platform, self.system_info)
 
     def load(self) -> DeviceLoad:
         return DeviceLoad(self.active, self.peak, len(self.sessions) - self.active)

@@ -49,7 +49,14 @@ from ..aip import (
 from ..backoff import Backoff
 from ..errors import BinaryFrame, HandshakeRejected, LinkClosed, LinkError
 from ..redact import redact_url
-from ..transport import CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, DEFAULT_MAX_FRAME, Link, open_link
+from ..transport import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    DEFAULT_MAX_FRAME,
+    Link,
+    open_link,
+)
 from .device_info import DeviceInfoProvider
 from .errors import (
     AuthenticationRejected,
@@ -69,7 +76,6 @@ logger = logging.getLogger("galaxy_trio.agent")
 _PERMANENT_HANDSHAKE_STATUSES = frozenset({401, 403})
 
 #: WebSocket close code trio-websocket uses when a peer's frame exceeds ``max_message_size``.
-_CLOSE_MESSAGE_TOO_BIG = 1009
 
 
 @dataclass(slots=True)
@@ -373,7 +379,7 @@ class DeviceAgent:
                 conn.fail(ProtocolViolation(str(exc)), CLOSE_UNSUPPORTED_DATA)
                 return
             except LinkClosed as exc:
-                if exc.code == _CLOSE_MESSAGE_TOO_BIG:
+                if exc.code == CLOSE_MESSAGE_TOO_BIG:
                     self.stats.invalid_frames += 1
                     logger.error(
                         "device %r: the server sent a frame larger than %d bytes; reconnecting",

@@ -30,7 +30,7 @@ from ..aip import (
     decode_client_message,
 )
 from ..errors import BinaryFrame, LinkClosed
-from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, Link
+from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ServerLink
 from . import rules
 from .clients import ClientRecord, ClientRegistry
 from .sessions import Session, SessionDriver, deliver_command_results
@@ -82,7 +82,7 @@ class _Connection:
     def __init__(self, ctx: ServerContext, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
         self._ctx = ctx
         self._ws = ws
-        self._link = Link(ws)
+        self._link = ServerLink(ws)
         self._remote = remote
         self._record: ClientRecord | None = None
         self._target: ClientRecord | None = None

@@ -512,7 +512,7 @@ async def test_the_token_never_reaches_a_log_line_an_error_or_a_repr(
     # The flows did happen (so the check above is not vacuous): a 403, a refusal, a reconnect, trio-websocket.
     assert any("HTTP 403" in m for m in messages) and any("gave up after 2" in m for m in messages)
     assert sum("dev: registering -> idle" in m for m in messages) == 2
-    assert any(r.name == "trio-websocket" and "Connecting to ws://127.0.0.1" in r.getMessage() for r in records)
+    assert any(r.name == "trio-websocket" and "received event" in r.getMessage() for r in records)
     formatted = [logging.Formatter().format(r) for r in records]  # with any exc_info, as a handler would write it
     _assert_no_secret(messages + formatted)
 
@@ -548,7 +548,7 @@ def test_run_local_once_json_shows_no_token(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     (profile,) = json.loads(done.stdout)
     assert profile["status"] == "idle"
-    assert "Connecting to ws://127.0.0.1" in done.stderr  # trio-websocket's debug lines are there, redacted
+    assert "trio-websocket: server-0 received event" in done.stderr  # DEBUG lines of the local server are there
     _assert_no_token_in_output(done.stdout, done.stderr)
 
 
@@ -722,8 +722,6 @@ async def test_the_manager_drops_a_link_that_sends_a_frame_over_one_mib_and_reco
             await conn.send("x" * DEFAULT_MAX_FRAME)
             await conn.send("y" * (DEFAULT_MAX_FRAME + 1))
             dropped = await next_status(events, "dev", DeviceStatus.DISCONNECTED)
-            assert (
-                dropped.reason == f"connection closed (1009: Exceeded maximum message size: {DEFAULT_MAX_FRAME} bytes)"
-            )
+            assert dropped.reason == f"connection closed (1009: message larger than {DEFAULT_MAX_FRAME} bytes)"
             await next_status(events, "dev", DeviceStatus.IDLE)
     assert len(connections_of(peer, "adv@dev")) == 2

@@ -91,7 +91,7 @@ MANAGER_OPTIONS: dict[str, Any] = {
     "telemetry_timeout": 5.0,
 }
 BINARY_FRAME_ERROR = "Binary frames are not supported: AIP frames are JSON text"
-OVERSIZED_CLOSE = f"connection closed (1009: Exceeded maximum message size: {MAX_FRAME} bytes)"
+OVERSIZED_CLOSE = f"connection closed (1009: message larger than {MAX_FRAME} bytes)"
 FUZZ_DONE = "connection closed (4000: fuzz done)"
 
 

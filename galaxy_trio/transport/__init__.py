@@ -1,0 +1,37 @@
+"""WebSocket links that carry AIP frames, shared by the manager, the server and the agent.
+
+This is the one edge where the WebSocket libraries' and the OS's exceptions become galaxy_trio's own
+(:class:`~galaxy_trio.errors.LinkError` and its subclasses), so nothing above it catches library internals.
+Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``trio.fail_after``.
+
+- :mod:`.client`: :func:`open_link`, the client side (manager and agent), on wsproto directly: the task that
+  receives reads the socket itself, so an idle link costs one waiting task and no HTTP state.
+- :mod:`.server`: :class:`ServerLink`, the server's side of a trio-websocket connection.
+"""
+
+from ._link import (
+    CANCELLED_CLOSE_GRACE,
+    CLOSE_GRACE,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    DEFAULT_MAX_FRAME,
+    Link,
+)
+from .client import ClientLink, open_link
+from .server import ServerLink
+
+__all__ = [
+    "CANCELLED_CLOSE_GRACE",
+    "CLOSE_GRACE",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_UNSUPPORTED_DATA",
+    "DEFAULT_MAX_FRAME",
+    "ClientLink",
+    "Link",
+    "ServerLink",
+    "open_link",
+]

@@ -39,7 +39,7 @@ from ..aip import (
     new_id,
 )
 from ..errors import LinkClosed
-from ..transport import Link
+from ..transport import CLOSE_POLICY_VIOLATION
 from .clients import ClientRecord, ClientRegistry, PendingCommand
 from .rules import DEVICE_DISCONNECTED, TaskPlan, agent_name, shown
 from .settings import ServerSettings
@@ -348,13 +348,13 @@ class Session:
             self._settle()
             delivering = True
             with trio.move_on_after(settings.cancel_grace if cancelled else math.inf):
-                await self._deliver(outcome)
+                await self._deliver(outcome, settings.send_deadline)
         except trio.Cancelled:
             self._finished = True
             self._settle()
             if not delivering:
                 with trio.move_on_after(settings.cancel_grace, shield=True):
-                    await self._deliver(Outcome(TaskStatus.FAILED, [], SERVER_SHUTTING_DOWN))
+                    await self._deliver(Outcome(TaskStatus.FAILED, [], SERVER_SHUTTING_DOWN), settings.send_deadline)
             raise
         finally:
             self._settle()
@@ -407,13 +407,13 @@ class Session:
         logger.error("session %s: driver raised", shown(self.session_id), exc_info=exc)
         return Outcome(TaskStatus.FAILED, [], _clip(f"Session driver failed: {type(exc).__name__}: {exc}"))
 
-    async def _deliver(self, outcome: Outcome) -> None:
+    async def _deliver(self, outcome: Outcome, send_deadline: float) -> None:
         """TASK_END to the requester, then the same frame (same response_id) to the device (§8.6 steps 6–7)."""
         response_id = new_id()
         if outcome.notify_requester:
-            await _send_quietly(self.requester.link, self._task_end(outcome, response_id))
+            await _send_task_end(self.requester, self._task_end(outcome, response_id), send_deadline)
         if outcome.notify_device and self.device is not self.requester:
-            await _send_quietly(self.device.link, self._task_end(outcome, response_id))
+            await _send_task_end(self.device, self._task_end(outcome, response_id), send_deadline)
 
     def _task_end(self, outcome: Outcome, response_id: str) -> ServerMessage:
         return builders.task_end(
@@ -460,10 +460,21 @@ def _find_task_failed(exc: BaseException) -> TaskFailed | None:
     return None
 
 
-async def _send_quietly(link: Link, frame: ServerMessage) -> None:
+async def _send_task_end(peer: ClientRecord, frame: ServerMessage, send_deadline: float) -> None:
+    """Send a TASK_END if the peer is still there; a peer that does not take it within the deadline is closed."""
+    link = peer.link
     if link.closed:
         return
-    try:
-        await link.send(frame)
-    except LinkClosed:
-        logger.debug("TASK_END not delivered: link already closed")
+    with trio.move_on_after(send_deadline) as sending:
+        try:
+            await link.send(frame)
+        except LinkClosed:
+            logger.debug("TASK_END not delivered: link already closed")
+    if sending.cancelled_caught:
+        logger.warning(
+            "%s %s took no TASK_END within %gs (not reading); closing its link",
+            peer.role.value,
+            shown(peer.client_id),
+            send_deadline,
+        )
+        await link.aclose(CLOSE_POLICY_VIOLATION, "not reading")

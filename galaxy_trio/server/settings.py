@@ -24,6 +24,9 @@ class ServerSettings:
       task. UFO waits 6000 s; Galaxy itself gives up on a whole task after 300 s.
     - ``cancel_grace``: how long the server may spend telling peers that a session was cancelled (TASK_END
       ``failed``) and sending a last ERROR frame before a close. Cleanup is bounded, never a hang.
+    - ``send_deadline``: how long one TASK_END may take to leave for one peer. A peer that stops reading fills its
+      TCP window and would otherwise hold the session, and the device's queue behind it, forever; past the
+      deadline that peer's link is closed and the other side of the session is still told.
     - ``ping_interval`` / ``ping_timeout``: WebSocket keepalive, as UFO's server does (uvicorn: 20 s / 20 s). A
       peer that does not answer a ping in time is closed with 1011, so a vanished peer never stays registered.
       ``ping_interval=None`` turns keepalive off.
@@ -35,6 +38,7 @@ class ServerSettings:
     registration_deadline: float = 10.0
     command_deadline: float = 300.0
     cancel_grace: float = 2.0
+    send_deadline: float = 20.0
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
     max_client_id_length: int = 256

@@ -5,6 +5,9 @@ every field, ``null`` included, in declaration order, and re-encoding a recorded
 bytes. That is also why ``timestamp`` is a plain ``str`` (a ``datetime`` would come back with ``Z`` instead of
 ``+00:00``) and why no Struct sets ``omit_defaults``.
 
+Every Struct is ``gc=False``: a message never refers back to itself, so the cyclic collector need not track
+the thousands in flight in a busy manager or server (only their payload dicts are tracked, as any dict is).
+
 This module imports nothing else from the package: the protocol is the bottom layer.
 """
 
@@ -87,7 +90,7 @@ class ToolType(enum.StrEnum):
     ACTION = "action"
 
 
-class Command(msgspec.Struct, kw_only=True):
+class Command(msgspec.Struct, kw_only=True, gc=False):
     """One tool call the server asks a device to run (an element of ``ServerMessage.actions``).
 
     ``kw_only`` because the required ``tool_type`` follows the optional ``parameters`` on the wire.
@@ -99,7 +102,7 @@ class Command(msgspec.Struct, kw_only=True):
     call_id: str | None = None
 
 
-class Result(msgspec.Struct):
+class Result(msgspec.Struct, gc=False):
     """The device's answer to one Command, matched by ``call_id``."""
 
     status: ResultStatus
@@ -109,7 +112,7 @@ class Result(msgspec.Struct):
     call_id: str | None = None
 
 
-class ClientMessage(msgspec.Struct):
+class ClientMessage(msgspec.Struct, gc=False):
     """A frame from a client (device or constellation) to the server. Always 14 keys on the wire."""
 
     type: ClientMessageType
@@ -128,7 +131,7 @@ class ClientMessage(msgspec.Struct):
     metadata: dict[str, Any] | None = None
 
 
-class ServerMessage(msgspec.Struct):
+class ServerMessage(msgspec.Struct, gc=False):
     """A frame from the server to a client. Always 14 keys on the wire."""
 
     type: ServerMessageType

@@ -178,6 +178,7 @@ class ClientSession:
                 kind is ServerMessageType.HEARTBEAT and frame.status is TaskStatus.OK
             ):
                 registration.resolve(frame)
+                self._registration = None  # the waiter holds it; an idle link keeps no frame
             return
         if kind is ServerMessageType.HEARTBEAT:
             if frame.session_id is not None:

@@ -135,7 +135,8 @@ class ClientLink:
         try:
             while True:
                 for event in self._ws.events():
-                    if isinstance(event, TextMessage | BytesMessage):
+                    # Once the link is over (an oversized message, our close), what follows is not delivered.
+                    if isinstance(event, TextMessage | BytesMessage) and self._close is None:
                         message = await self._collect(event)
                         if message is not None:
                             return message

@@ -24,7 +24,7 @@ from ..aip import (
     decode_server_message,
 )
 from ..errors import LinkError
-from ..transport import Link
+from ..transport import ClientLink
 
 __all__ = ["MAX_PEER_TEXT", "ClientSession", "PendingTask", "Reply", "SessionEnded", "clip", "frame_error"]
 
@@ -95,7 +95,7 @@ class ClientSession:
         "tasks",
     )
 
-    def __init__(self, link: Link, scope: trio.CancelScope, device_id: str) -> None:
+    def __init__(self, link: ClientLink, scope: trio.CancelScope, device_id: str) -> None:
         self._link = link
         self._scope = scope
         self.device_id = device_id
@@ -122,6 +122,10 @@ class ClientSession:
         except LinkError as exc:
             self.end(f"send failed: {exc}")
             raise SessionEnded(self.end_reason or str(exc)) from None
+
+    def has_unread_data(self) -> bool:
+        """Whether frames from the server wait in the socket, unread: the link is not silent, only behind."""
+        return self._link.has_unread_data()
 
     def expect_registration(self) -> Reply:
         """Arm the registration slot: the next ``heartbeat``/``ok`` or ``error`` frame answers it."""

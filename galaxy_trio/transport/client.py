@@ -14,6 +14,7 @@ any task are serialised by one lock, so frames never interleave and nothing foll
 from __future__ import annotations
 
 import math
+import select
 import ssl
 from types import TracebackType
 from typing import Final, NamedTuple
@@ -116,6 +117,24 @@ class ClientLink:
     @property
     def closed(self) -> bool:
         return self._close is not None
+
+    def has_unread_data(self) -> bool:
+        """Whether the peer's bytes wait in the socket, not yet read (the receiving task has not got to them).
+
+        A liveness check on a busy event loop asks this before calling a silent peer dead: an answer that arrived
+        in time but was not yet read is not silence.
+        """
+        stream = self._stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if not isinstance(stream, trio.SocketStream) or self._dropped:
+            return False
+        poller = select.poll()
+        try:
+            poller.register(stream.socket.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return False
 
     async def send(self, message: ClientMessage | ServerMessage) -> None:
         """Send one message as a text frame. Raises :class:`LinkClosed` if the link is gone."""

@@ -982,3 +982,18 @@ async def test_wss_with_a_certificate_we_must_not_accept_fails_at_once_naming_tl
         message = str(failed.value)
         assert message.startswith("TLS handshake failed") and detail in message and TOKEN not in message
         assert client_sockets(tls_server.port) == []
+
+
+async def test_unread_bytes_in_the_socket_are_reported(server: Server, autojump_clock: trio.testing.MockClock) -> None:
+    """has_unread_data: True while a frame waits in the socket that nobody has read yet, False once it is read
+    and after the link is closed (what the manager's heartbeat check asks before calling a peer silent)."""
+    link, peer = await connect(server)
+    assert not link.has_unread_data()
+    await peer.send(TextMessage("late"))
+    await trio.lowlevel.wait_readable(link._stream.socket)  # type: ignore[attr-defined]  # the bytes are in
+    assert link.has_unread_data()
+    assert await link.receive() == "late"
+    assert not link.has_unread_data()
+    await link.aclose()
+    assert not link.has_unread_data()
+    assert await peer.until_eof() == [("close", 1000, "")]

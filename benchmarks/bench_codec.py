@@ -14,6 +14,11 @@ repeat alternating which goes first, so drift on a noisy machine hits both alike
 as a WebSocket text frame arrives; ``encode`` returns ``bytes`` and ``model_dump_json`` a ``str``, so the
 ``str``-returning ``encode_text`` (what ``Link.send`` uses) is timed too.
 
+Each frame with a free-form payload (``metadata`` of a client frame, ``result`` of a server frame) is also timed
+in two halves: the typed envelope (payload set to null) and the payload alone (decoded untyped by msgspec,
+``TypeAdapter(Any)`` by pydantic). Both libraries build the same plain dicts and strings from a payload, so its
+share of a frame bounds the ratio the whole frame can reach (``split`` in the JSON).
+
 Before timing, both implementations must round-trip every frame byte-identically (PROTOCOL §3). If galaxy_trio's
 codec does not, the script stops with exit status 1; if pydantic does not, the mismatch is printed and marked in the
 table and JSON, and the pydantic figures are still given. Timings never affect the exit status.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import json
 import math
 import statistics
 import sys
@@ -193,6 +199,54 @@ def measure(prepared: Prepared, *, iterations: int, repeats: int, warmup: int) -
     }
 
 
+#: The free-form JSON field of each direction (``dict[str, Any]`` / ``Any`` in both schemas).
+PAYLOAD_FIELD = {"C->S": "metadata", "S->C": "result"}
+_any_decoder = msgspec.json.Decoder()
+_any_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(Any)
+
+
+def split_frame(prepared: Prepared) -> tuple[str, str] | None:
+    """The frame with its free-form payload set to null, and the payload alone; None if it has no payload."""
+    document = json.loads(prepared.frame.raw)
+    field = PAYLOAD_FIELD[prepared.frame.direction]
+    if document.get(field) is None:
+        return None
+    payload = json.dumps(document[field], separators=(",", ":"), ensure_ascii=False)
+    document[field] = None
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False), payload
+
+
+def measure_split(prepared: Prepared, *, iterations: int, repeats: int, warmup: int) -> dict[str, Any] | None:
+    """Decode times of the typed envelope alone and of the free-form payload alone, for both libraries.
+
+    Both libraries turn the payload into the same plain dicts, lists and strings; how much of a frame is payload
+    bounds the ratio a whole frame can reach.
+    """
+    parts = split_frame(prepared)
+    if parts is None:
+        return None
+    envelope, payload = parts
+    ours_envelope, theirs_envelope, ours_payload, theirs_payload = compare(
+        [
+            (prepared.ours_decode, envelope),
+            (prepared.theirs_decode, envelope),
+            (_any_decoder.decode, payload),
+            (_any_adapter.validate_json, payload),
+        ],
+        iterations=iterations,
+        repeats=repeats,
+        warmup=warmup,
+    )
+    return {
+        "payload_field": PAYLOAD_FIELD[prepared.frame.direction],
+        "payload_bytes": len(payload.encode()),
+        "envelope_decode_us": {"galaxy_trio": ours_envelope, "pydantic": theirs_envelope},
+        "envelope_decode_ratio": theirs_envelope / ours_envelope,
+        "payload_decode_us": {"galaxy_trio": ours_payload, "pydantic": theirs_payload},
+        "payload_decode_ratio": theirs_payload / ours_payload,
+    }
+
+
 def _geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
@@ -269,6 +323,17 @@ def render(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
             f"{UFO_REFERENCE['decode_us']} µs, encode {UFO_REFERENCE['encode_us']} µs; pydantic on this machine: "
             f"decode {_us(register['decode_us']['pydantic'])} µs, encode {_us(register['encode_us']['pydantic'])} µs"
         )
+    split_rows = [row for row in rows if row.get("split")]
+    if split_rows:
+        lines.append(
+            "Decode split (envelope = the frame with its payload field null; payload = that field's JSON alone): "
+            + "; ".join(
+                f"{row['frame']}: envelope {row['split']['envelope_decode_ratio']:.1f}x, "
+                f"{row['split']['payload_field']} ({row['split']['payload_bytes']} B) "
+                f"{row['split']['payload_decode_ratio']:.1f}x"
+                for row in split_rows
+            )
+        )
     verdict = "met" if summary["meets_target"] else "MISSED on " + "; ".join(summary["misses"])
     lines.append(
         f"Summary: geometric-mean ratio pydantic/galaxy_trio {summary['geomean_ratio']:.1f}x "
@@ -304,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     rows = [measure(p, iterations=args.iterations, repeats=args.repeats, warmup=args.warmup) for p in prepared]
+    for row, frame in zip(rows, prepared, strict=True):
+        row["split"] = measure_split(frame, iterations=args.iterations, repeats=args.repeats, warmup=args.warmup)
     summary = summarise(rows)
     print(
         f"AIP codec: galaxy_trio (msgspec {msgspec.__version__}) vs pydantic {pydantic.VERSION}, "

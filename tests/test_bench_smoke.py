@@ -102,6 +102,18 @@ def test_writes_json_with_positive_figures(bench_run: tuple[str, dict[str, Any]]
             assert set(figures) == {"galaxy_trio", "pydantic"}
             assert all(_positive(v) for v in figures.values()), (frame["frame"], op, figures)
             assert frame[f"{op}_ratio"] == pytest.approx(figures["pydantic"] / figures["galaxy_trio"])
+    # The envelope/payload split: present exactly for the frames whose payload field is not null.
+    split = {frame["frame"]: frame["split"] for frame in frames}
+    assert split["device REGISTER"]["payload_field"] == "metadata"
+    assert split["DEVICE_INFO response"]["payload_field"] == "result"
+    assert split["device REGISTER"]["payload_bytes"] < EXPECTED_FRAMES["device REGISTER"][1]
+    for name, part in split.items():
+        if part is None:
+            continue
+        for half in ("envelope", "payload"):
+            figures = part[f"{half}_decode_us"]
+            assert all(_positive(v) for v in figures.values()), (name, half, figures)
+            assert part[f"{half}_decode_ratio"] == pytest.approx(figures["pydantic"] / figures["galaxy_trio"])
 
 
 def test_rejects_nonsense_arguments() -> None:
@@ -420,3 +432,53 @@ def test_device_side_needs_a_token_and_a_server_for_agents_only() -> None:
         check=False,
     )
     assert no_server.returncode == 2 and "--agents-only needs --server-url" in no_server.stderr
+
+
+# --- memory_breakdown.py -----------------------------------------------------------------------------------------
+
+
+def test_memory_breakdown_attributes_per_device_memory(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "memory_breakdown.py"),
+            "--devices",
+            "5",
+            "--top",
+            "6",
+            "--only",
+            "galaxy_trio",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("Idle managed device, 5 devices: ")
+    assert "By file:" in completed.stdout and "By line:" in completed.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["benchmark"] == "memory_breakdown" and data["devices"] == 5
+    assert _positive(data["traced_kib_per_device"])
+    assert 1 <= len(data["files"]) <= 6 and 1 <= len(data["lines"]) <= 6
+    # --only keeps galaxy_trio's own allocation sites; the manager's per-device state is among them.
+    assert all(row["site"].startswith("galaxy_trio/") for row in data["lines"])
+    assert any(row["site"].startswith("galaxy_trio/manager/") for row in data["lines"])
+    assert sum(row["bytes"] for row in data["files"]) > 0
+
+
+def test_memory_breakdown_rejects_nonsense_arguments() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "memory_breakdown.py"), "--devices", "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "--devices and --top must be at least 1" in completed.stderr

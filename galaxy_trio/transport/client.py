@@ -127,8 +127,8 @@ class ClientLink:
         stream = self._stream
         if isinstance(stream, trio.SSLStream):
             stream = stream.transport_stream
-        if not isinstance(stream, trio.SocketStream) or self._dropped:
-            return False
+        if not isinstance(stream, trio.SocketStream) or self._dropped or not hasattr(select, "poll"):
+            return False  # (no poll() on Windows: the check then never spares a link, as before it existed)
         poller = select.poll()
         try:
             poller.register(stream.socket.fileno(), select.POLLIN)

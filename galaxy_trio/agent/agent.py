@@ -75,8 +75,6 @@ logger = logging.getLogger("galaxy_trio.agent")
 #: HTTP statuses at the handshake that retrying cannot fix: the token is wrong or missing.
 _PERMANENT_HANDSHAKE_STATUSES = frozenset({401, 403})
 
-#: WebSocket close code trio-websocket uses when a peer's frame exceeds ``max_message_size``.
-
 
 @dataclass(slots=True)
 class AgentStats:

@@ -146,26 +146,47 @@ class _ContainedConnections:
     of its own, so that a refused handshake can end it (:func:`_hang_up`).
     """
 
-    __slots__ = ("_nursery",)
+    __slots__ = ("_handshake_deadline", "_nursery")
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, handshake_deadline: float) -> None:
         self._nursery = nursery
+        self._handshake_deadline = handshake_deadline
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-        self._nursery.start_soon(_contained, fn, *args)
+        self._nursery.start_soon(_contained, self._handshake_deadline, fn, *args)
 
 
 #: The cancel scope of the connection task being served, for :func:`_hang_up`.
 _CONNECTION: ContextVar[trio.CancelScope] = ContextVar("galaxy_trio_aip_connection")
 
 
-async def _contained(fn: Callable[..., Awaitable[object]], *args: object) -> None:
+async def _contained(handshake_deadline: float, fn: Callable[..., Awaitable[object]], *args: object) -> None:
     with trio.CancelScope() as connection:
         _CONNECTION.set(connection)
+        tls = next((arg for arg in args if isinstance(arg, trio.SSLStream)), None)
+        if tls is not None and not await _tls_handshake(tls, handshake_deadline):
+            return
         try:
             await fn(*args)
         except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
             logger.warning("a connection failed inside the WebSocket library and was dropped: %r", exc)
+
+
+async def _tls_handshake(stream: trio.SSLStream[trio.abc.Stream], deadline: float) -> bool:
+    """Finish the TLS handshake before trio-websocket sees the stream; False (socket closed) if it fails.
+
+    trio-websocket would do it lazily in its reader and, when it fails (a plain ``ws://`` client, an unknown
+    certificate), keep waiting for an upgrade request that cannot come until its handshake deadline.
+    """
+    with trio.move_on_after(deadline):
+        try:
+            await stream.do_handshake()
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            cause = exc.__cause__ or exc
+            logger.info("TLS handshake failed: %s: %s", type(cause).__name__, shown(str(cause)))
+    await trio.aclose_forcefully(stream)
+    return False
 
 
 def _hang_up() -> None:
@@ -214,7 +235,7 @@ async def serve_aip(
                     port,
                     ssl_context,
                     # trio.serve_listeners takes any object with start_soon as its handler nursery.
-                    handler_nursery=cast(trio.Nursery, _ContainedConnections(connections)),
+                    handler_nursery=cast(trio.Nursery, _ContainedConnections(connections, settings.handshake_deadline)),
                     max_message_size=max_frame_size,
                     connect_timeout=settings.handshake_deadline,
                     disconnect_timeout=CLOSE_GRACE,

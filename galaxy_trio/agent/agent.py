@@ -54,7 +54,7 @@ from ..transport import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
     DEFAULT_MAX_FRAME,
-    Link,
+    ClientLink,
     open_link,
 )
 from .device_info import DeviceInfoProvider
@@ -96,7 +96,7 @@ class _Connection:
 
     __slots__ = ("awaiting_since", "close_code", "failure", "link", "nursery")
 
-    def __init__(self, link: Link, nursery: trio.Nursery) -> None:
+    def __init__(self, link: ClientLink, nursery: trio.Nursery) -> None:
         self.link = link
         self.nursery = nursery
         #: When the oldest heartbeat not yet followed by any incoming frame was sent; None when none is pending.
@@ -331,7 +331,7 @@ class DeviceAgent:
                     self._set_state(connected=False, registered=False)
         raise RegistrationTimeout(f"could not connect within {self._registration_timeout:g} s")
 
-    async def _await_confirmation(self, link: Link) -> None:
+    async def _await_confirmation(self, link: ClientLink) -> None:
         """The first frame after REGISTER decides: ``heartbeat``/``ok`` confirms, ``error`` rejects (§6, §8.1)."""
         text = await link.receive()
         self.stats.frames_received += 1
@@ -355,7 +355,7 @@ class DeviceAgent:
             logger.error("device %r: invalid frame from the server: %s", self.device_id, exc)
             raise ProtocolViolation(str(exc)) from None
 
-    async def _serve(self, link: Link) -> NoReturn:
+    async def _serve(self, link: ClientLink) -> NoReturn:
         """Read frames, send heartbeats, answer COMMANDs until something ends the connection."""
         async with trio.open_nursery() as nursery:
             conn = _Connection(link, nursery)
@@ -431,6 +431,11 @@ class DeviceAgent:
             await trio.sleep_until(next_beat if pending is None else min(next_beat, pending + timeout))
             now = trio.current_time()
             pending = conn.awaiting_since
+            if pending is not None and now >= pending + timeout and conn.link.has_unread_data():
+                # The server did answer; this loop is behind and the reader has not got to it yet. Not silence:
+                # give the reader one more window rather than drop a live link (on a loaded host that would
+                # re-register it into the very backlog that delayed it).
+                conn.awaiting_since = pending = now
             if pending is not None and now >= pending + timeout:
                 self.stats.dead_links += 1
                 dead = LinkDead(f"no frame from the server within {timeout:g} s of a heartbeat")

@@ -18,15 +18,6 @@ def _config(device_id: str, url: str, **fields: object) -> DeviceConfig:
     return DeviceConfig(device_id=device_id, server_url=url, **fields)  # type: ignore[arg-type]
 
 
-def _drain(events: EventSubscription) -> list[DeviceEvent]:
-    seen = []
-    while True:
-        try:
-            seen.append(events.channel.receive_nowait())
-        except trio.WouldBlock:
-            return seen
-
-
 async def _wait_status(events: EventSubscription, status: DeviceStatus) -> DeviceEvent:
     async for event in events:
         if event.kind is EventKind.STATUS and event.new_status is status:
@@ -112,7 +103,7 @@ async def test_target_not_connected_is_retried_until_accepted(
     peer.register_verdict = _reject_first(2, TARGET_NOT_CONNECTED)
     with manager.subscribe() as events:
         assert await manager.register_device("dev", peer.url, max_retries=5)
-        reasons = [e.reason for e in _drain(events) if e.new_status is DeviceStatus.DISCONNECTED]
+        reasons = [e.reason for e in events.pending() if e.new_status is DeviceStatus.DISCONNECTED]
     assert peer.registers == 3
     assert reasons == ["Target device 'no_such_device' is not connected"] * 2
     profile = manager.get_device_info("dev")

@@ -32,7 +32,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import msgspec
 import trio
 
 from ..aip import (
@@ -45,6 +44,7 @@ from ..aip import (
     TaskStatus,
     builders,
     decode_server_message,
+    json_error,
 )
 from ..backoff import Backoff
 from ..errors import BinaryFrame, HandshakeRejected, LinkClosed, LinkError
@@ -161,11 +161,9 @@ class DeviceAgent:
             raise ValueError(f"max_retries must be >= 0 or None, got {max_retries!r}")
         if platform is not None and info_provider is not None:
             raise ValueError("pass platform either to DeviceAgent or to its DeviceInfoProvider, not both")
-        if custom_metadata is not None:
-            try:
-                msgspec.json.encode(custom_metadata)
-            except (TypeError, ValueError, msgspec.EncodeError) as exc:
-                raise ValueError(f"custom_metadata must be JSON-serialisable: {exc}") from None
+        problem = None if custom_metadata is None else json_error(custom_metadata)
+        if problem is not None:
+            raise ValueError(f"custom_metadata must be JSON-serialisable: {problem}")
 
         self.device_id = device_id
         self._url = server_url

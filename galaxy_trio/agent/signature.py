@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 
-import msgspec
+from ..aip import json_error
 
 __all__ = ["ParameterError", "ToolSignature", "read_signature"]
 
@@ -152,9 +152,7 @@ def _json_default(value: Any) -> tuple[bool, Any]:
     """Whether a default can be shown in the schema (it must be JSON), and its JSON form."""
     if isinstance(value, enum.Enum):
         value = value.value
-    try:
-        msgspec.json.encode(value)
-    except (TypeError, ValueError, msgspec.EncodeError):
+    if json_error(value) is not None:
         return False, None
     return True, value
 

@@ -10,6 +10,7 @@ from .codec import (
     decode_server_message,
     encode,
     encode_text,
+    json_error,
     new_id,
     utc_timestamp,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "decode_server_message",
     "encode",
     "encode_text",
+    "json_error",
     "new_id",
     "utc_timestamp",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "decode_server_message",
     "encode",
     "encode_text",
+    "json_error",
     "new_id",
     "utc_timestamp",
 ]
@@ -91,6 +92,19 @@ def encode(message: ClientMessage | ServerMessage) -> bytes:
 def encode_text(message: ClientMessage | ServerMessage) -> str:
     """Encode for a WebSocket text frame (AIP never uses binary frames)."""
     return _encoder.encode(message).decode()
+
+
+def json_error(value: object) -> str | None:
+    """Why ``value`` cannot go on the wire as JSON, or None when it can.
+
+    Every failure counts: an unsupported type, a non-string key, and a value that contains itself (msgspec then
+    raises RecursionError, not an EncodeError) — a payload is checked before a frame is built, never while.
+    """
+    try:
+        _encoder.encode(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}" if isinstance(exc, RecursionError) else str(exc)
+    return None
 
 
 def new_id() -> str:

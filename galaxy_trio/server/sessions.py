@@ -36,6 +36,7 @@ from ..aip import (
     TaskStatus,
     ToolType,
     builders,
+    json_error,
     new_id,
 )
 from ..errors import LinkClosed
@@ -401,7 +402,7 @@ class Session:
         if isinstance(failed, DeviceDisconnected):
             return _DEVICE_GONE
         if failed is not None:
-            if _json_error(failed.result) is not None:
+            if json_error(failed.result) is not None:
                 return Outcome(TaskStatus.FAILED, [], _clip(f"{failed.message} (its result cannot be sent as JSON)"))
             return Outcome(TaskStatus.FAILED, failed.result, failed.message)
         logger.error("session %s: driver raised", shown(self.session_id), exc_info=exc)
@@ -427,21 +428,12 @@ class Session:
 
 def _completed(value: Any) -> Outcome:
     """A driver's return value as TASK_END ``completed``, unless it cannot go on the wire as JSON."""
-    problem = _json_error(value)
+    problem = json_error(value)
     if problem is not None:
         return Outcome(
             TaskStatus.FAILED, [], _clip(f"The session driver returned a result that cannot be sent as JSON: {problem}")
         )
     return Outcome(TaskStatus.COMPLETED, value)
-
-
-def _json_error(value: Any) -> str | None:
-    """Why ``value`` cannot be a TASK_END result, or None when it can (checked before sending, not while)."""
-    try:
-        msgspec.json.encode(value)
-    except (TypeError, ValueError, msgspec.EncodeError) as exc:
-        return str(exc)
-    return None
 
 
 def _clip(text: str) -> str:

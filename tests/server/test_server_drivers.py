@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,12 @@ async def run_task(nursery: trio.Nursery, driver: SessionDriver, device_script: 
     """Serve with ``driver``, send one TASK from a scoped constellation, let ``device_script(device)`` play the
     device, and return the TASK_END the constellation got (after checking the device got the same one)."""
     server = await start_server(nursery, driver=driver)
+    # A guard, not a timing check: a server that never sends TASK_END must fail the test, not hang it.
+    with trio.fail_after(30):
+        return await _play(server, device_script)
+
+
+async def _play(server: Any, device_script: Any) -> Any:
     async with open_peer(server) as device, open_peer(server) as constellation:
         await device.register(builders.device_register("dev", platform="linux", system_info=SYSTEM_INFO))
         await constellation.register(builders.constellation_register("job", "dev"))
@@ -158,9 +165,21 @@ async def test_driver_crash_fails_the_task_with_a_clear_error(
     assert any(r.exc_info and r.name == "galaxy_trio.server" for r in caplog.records)  # traceback is logged
 
 
-async def test_driver_result_that_is_not_json_fails_the_task(nursery: trio.Nursery) -> None:
+def _cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    value["self"] = value
+    return value
+
+
+@pytest.mark.parametrize("make_result", [lambda: {"when": object()}, _cyclic], ids=["unsupported-type", "cyclic"])
+async def test_driver_result_that_is_not_json_fails_the_task(
+    nursery: trio.Nursery, make_result: Callable[[], object]
+) -> None:
+    """A value that contains itself makes msgspec raise RecursionError, not an EncodeError: it, too, must fail
+    the task with a clear error rather than end the requester's connection without a TASK_END."""
+
     async def odd(session: SessionHandle) -> object:
-        return {"when": object()}
+        return make_result()
 
     end = await run_task(nursery, odd, no_commands)
     assert end.status is TaskStatus.FAILED

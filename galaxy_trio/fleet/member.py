@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
@@ -176,7 +177,7 @@ async def open_fleet_member(
     if not _MEMBER_ID.fullmatch(member_id):
         raise ValueError(f"member_id must be 1-128 characters of [A-Za-z0-9_.:@-], got {member_id!r}")
     device_ids = [config.device_id for config in devices]
-    duplicates = sorted({d for d in device_ids if device_ids.count(d) > 1})
+    duplicates = sorted(d for d, count in Counter(device_ids).items() if count > 1)
     if duplicates:
         raise ValueError(f"devices listed twice: {', '.join(duplicates)}")
     settings = manager.settings
@@ -203,12 +204,9 @@ async def open_fleet_member(
                 f"the fleet on {store.display_name} uses task_name {fleet_task_name!r} but this manager uses "
                 f"{manager.task_name!r}; every member must share one task_name so that a device has one client_id"
             )
+        env = None if environ is None else dict(environ)  # one snapshot for every device
         for config in devices:
-            quiet = msgspec.structs.replace(config, auto_connect=False)
-            if environ is None:
-                manager.add_device(quiet)
-            else:
-                manager.add_device(quiet, environ=dict(environ))
+            manager.add_device(msgspec.structs.replace(config, auto_connect=False), environ=env)
         await store.open_mailbox(member_id)
 
         hub = FleetEventHub()

@@ -36,7 +36,10 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
             raise
         if any(leaf is not body_error and not isinstance(leaf, trio.Cancelled) for leaf in _leaves(group)):
             raise
-        raise body_error from None
+    else:
+        return
+    # Raised outside the handler, so the body's exception keeps its own __cause__ and __context__.
+    raise body_error
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

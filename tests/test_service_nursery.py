@@ -51,3 +51,14 @@ async def test_leaving_normally_cancels_the_background_tasks() -> None:
             nursery.start_soon(trio.sleep_forever)
     assert not guard.cancelled_caught
     assert nursery.cancel_scope.cancel_called and not nursery.child_tasks
+
+
+async def test_the_bodys_exception_keeps_its_cause() -> None:
+    with pytest.raises(KeyError) as raised:
+        async with open_service_nursery():
+            try:
+                {}["missing"]
+            except KeyError as lookup:
+                raise KeyError("boom") from lookup
+    assert isinstance(raised.value.__cause__, KeyError) and raised.value.__cause__.args == ("missing",)
+    assert not isinstance(raised.value.__context__, BaseExceptionGroup)

@@ -7,14 +7,12 @@ through :func:`redact_url`.
 
 from __future__ import annotations
 
-import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "redact_text", "redact_url", "url_token", "url_with_token"]
+__all__ = ["REDACTED", "redact_url", "url_token", "url_with_token"]
 
 REDACTED = "***"
 _SECRET_KEYS = frozenset({"token", "api_key", "apikey", "key", "access_token", "password"})
-_SECRET_PARAMETER = re.compile(r"([?&](?:" + "|".join(sorted(_SECRET_KEYS)) + r")=)[^&\s#'\"]+", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -34,14 +32,6 @@ def redact_url(url: str) -> str:
         (k, REDACTED if k.lower() in _SECRET_KEYS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
-
-
-def redact_text(text: str) -> str:
-    """``text`` with the value of every secret query parameter of any URL in it replaced by ``***``.
-
-    For text galaxy_trio does not build itself (another library's log lines), where URLs are not set apart.
-    """
-    return _SECRET_PARAMETER.sub(lambda match: match.group(1) + REDACTED, text)
 
 
 def url_token(url: str) -> str | None:

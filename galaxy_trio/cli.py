@@ -210,10 +210,10 @@ async def _bring_up(manager: Any, devices: Sequence[DeviceConfig], *, live: bool
             display.start_soon(show_live_table, view, events, sys.stdout)
         manager.add_devices(devices)
         settled = await manager.wait_until_settled()
-        freeze_settled_objects()
         idle = sum(1 for p in settled.values() if p.status.value == "idle")
         logger.info("%d of %d devices IDLE", idle, len(settled))
         if not once:
+            freeze_settled_objects()  # a full collection: worth it only for a process that stays up
             await trio.sleep_forever()
         display.cancel_scope.cancel()
     events.close()

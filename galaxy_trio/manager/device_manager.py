@@ -299,8 +299,13 @@ class ConstellationDeviceManager:
     async def remove_device(self, device_id: str) -> AgentProfile:
         """Disconnect a device (if running) and forget it; returns its last profile. Queued tasks for it fail."""
         device = self._get(device_id)
-        await self.disconnect_device(device_id)
+        # Forgotten first: while its link closes, nobody can connect it again or remove it twice.
         del self._devices[device_id]
+        runner = device.runner
+        if runner is not None:
+            self._stop(device, "disconnected by request")  # the runner ends on its own now, even if we are cancelled
+            while device.runner is runner:
+                await device.changed.wait()
         return device.profile.snapshot()
 
     def client_id(self, device_id: str) -> str:
@@ -510,7 +515,7 @@ class ConstellationDeviceManager:
                         # Phase 5: activation; the link then lives until it ends.
                         stage = "active"
                         self._emit(EventKind.PHASE, profile.device_id, reason=stage)
-                        on_missed = self._activate(device, session, client_id)
+                        on_missed = self._activate(device, session)
                         # The runner itself keeps the link alive: one task fewer per device than a heartbeat task.
                         await keep_alive(
                             session,
@@ -537,7 +542,7 @@ class ConstellationDeviceManager:
             return (session.end_reason, False)
         return ("link closed", False)
 
-    def _activate(self, device: _Device, session: ClientSession, client_id: str) -> Callable[[], None]:
+    def _activate(self, device: _Device, session: ClientSession) -> Callable[[], None]:
         """Phase 5: IDLE, ready for tasks. Returns what to do when a heartbeat goes unanswered."""
         profile = device.profile
         profile.connection_attempts = 0

@@ -429,12 +429,13 @@ class DeviceAgent:
             await trio.sleep_until(next_beat if pending is None else min(next_beat, pending + timeout))
             now = trio.current_time()
             pending = conn.awaiting_since
-            if pending is not None and now >= pending + timeout and conn.link.has_unread_data():
-                # The server did answer; this loop is behind and the reader has not got to it yet. Not silence:
-                # give the reader one more window rather than drop a live link (on a loaded host that would
-                # re-register it into the very backlog that delayed it).
-                conn.awaiting_since = pending = now
             if pending is not None and now >= pending + timeout:
+                if conn.link.has_unread_data():
+                    # The server did answer; this loop is behind and the reader has not got to it yet. Not
+                    # silence: give the reader one more window rather than drop a live link (on a loaded host
+                    # that would re-register it into the very backlog that delayed it).
+                    conn.awaiting_since = now
+                    continue
                 self.stats.dead_links += 1
                 dead = LinkDead(f"no frame from the server within {timeout:g} s of a heartbeat")
                 logger.warning("device %r: %s", self.device_id, dead)

@@ -25,7 +25,8 @@ Once every agent is registered, the process calls ``gc.freeze()``: the thousands
 connections then stay out of Python's full garbage collections, which otherwise grow with them and, at 5,000
 agents, stall the process for seconds at a time — long enough for the server's keepalive to give up on its own
 agents (20 s) and for devices to drop out in the middle of a measurement. The device side is the load generator,
-not what is measured; the manager keeps Python's default collector.
+not what is measured. (The manager worker of `bench_registration.py` raises its collector's thresholds as
+``python -m galaxy_trio run`` does; see ``galaxy_trio.runtime``.)
 
 The agents share one system_info, probed once at start: probing psutil afresh for each of 5,000 simulated devices
 on one host would cost the device side seconds of CPU on the machine the manager is measured on, and tell nothing.
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import logging
 import math
@@ -60,6 +60,7 @@ import trio
 
 from galaxy_trio.agent import DeviceAgent, DeviceInfoProvider, SystemProbes
 from galaxy_trio.redact import url_token, url_with_token
+from galaxy_trio.runtime import freeze_settled_objects
 from galaxy_trio.server import AIPServer, ServerSettings, serve_aip
 
 __all__ = [
@@ -220,8 +221,7 @@ async def run_device_side(args: argparse.Namespace, token: str) -> None:
             for agent in agents:
                 starting.start_soon(start_agent, agent)
         # Everything built so far lives as long as the process: move it out of the cyclic GC's reach (see above).
-        gc.collect()
-        gc.freeze()
+        freeze_settled_objects()
         ready = {
             "event": "ready",
             "pid": os.getpid(),
@@ -369,12 +369,16 @@ async def start_device_side(options: Sequence[str], *, token: str, log_path: Pat
                         + side.log_tail()
                     )
                 buffer += chunk
-    except trio.TooSlowError:
+    except BaseException as exc:
+        # Not ready in time, failed, or cancelled (a sibling start failed): the child must not outlive us.
         process.kill()
-        await process.wait()
-        raise DeviceSideFailed(
-            f"device side {list(options)} not ready within {ready_within:g} s:\n" + side.log_tail()
-        ) from None
+        with trio.CancelScope(shield=True):
+            await process.wait()
+        if isinstance(exc, trio.TooSlowError):
+            raise DeviceSideFailed(
+                f"device side {list(options)} not ready within {ready_within:g} s:\n" + side.log_tail()
+            ) from None
+        raise
     side.ready = json.loads(buffer.split(b"\n", 1)[0])
     return side
 

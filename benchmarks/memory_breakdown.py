@@ -29,6 +29,7 @@ import trio
 
 from galaxy_trio import ConstellationDeviceManager
 from galaxy_trio.config import DeviceConfig, ManagerSettings
+from galaxy_trio.manager import DeviceStatus
 from galaxy_trio.redact import url_with_token
 
 #: Deadlines far above the run time, so nothing retries (a retry would leave a second link's garbage).
@@ -108,7 +109,7 @@ async def measure(devices: int, *, top: int, only: str) -> dict[str, Any]:
                         await manager.wait_for_device(config.device_id)
                     gc.collect()
                     after = tracemalloc.take_snapshot()
-                    idle = sum(p.status.value == "idle" for p in manager.get_all_devices().values())
+                    idle = sum(p.status is DeviceStatus.IDLE for p in manager.get_all_devices().values())
             finally:
                 tracemalloc.stop()
         finally:

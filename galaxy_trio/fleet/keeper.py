@@ -7,8 +7,9 @@ nothing of WebSockets and is tested on trio's MockClock with a recording driver.
 
 When the registry does not answer, the tick fails: the member turns *degraded*, keeps each device only until its
 lease runs out by the local clock (see :mod:`.lease`), and retries with exponential backoff and full jitter
-(:class:`galaxy_trio.backoff.Backoff`). The sleep between ticks always ends at the next local expiry too, so an
-expired lease is dropped on time, not at the next retry. Nothing is renewed after it was found lost or expired.
+(:class:`galaxy_trio.backoff.Backoff`). A separate watcher task drops each lease at its local expiry, so an
+expired lease is dropped on time, not at the next retry or after a stuck tick. Nothing is renewed after it was
+found lost or expired.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ __all__ = ["ServerSettings"]
 class ServerSettings:
     """Deadlines and limits of one AIP server. Every duration is in seconds.
 
-    - ``handshake_deadline``: a TCP peer must finish the HTTP upgrade within this time.
+    - ``handshake_deadline``: a TCP peer must finish the TLS handshake (on ``wss://``), then the HTTP upgrade,
+      each within this time.
     - ``registration_deadline``: after the upgrade, the first frame (a REGISTER) must arrive within this time, or
       the server answers with an ERROR frame and closes with 1008. UFO Galaxy sends it ~50 ms after connecting.
     - ``command_deadline``: how long a session waits for the COMMAND_RESULTS of one COMMAND before it fails the

@@ -158,14 +158,12 @@ class TaskRouter:
         self.malformed = 0
         self._waiting: dict[str, _Waiter] = {}
         self._serving: dict[str, trio.CancelScope] = {}
-        self._nursery: trio.Nursery | None = None
 
     # --- owner side: the mailbox -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read this member's mailbox until cancelled (open it first with ``registry.open_mailbox``)."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             task_status.started()
             failures = 0
             while True:

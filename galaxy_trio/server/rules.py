@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ..aip import AIPDecodeError, ClientMessage, ClientMessageType, ClientType, decode_client_message, new_id
+from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
 
 __all__ = [
     "CLIENT_ID_MISMATCH",
@@ -40,9 +41,6 @@ __all__ = [
     "target_not_connected",
     "unknown_type",
 ]
-
-CLOSE_NORMAL: Final = 1000
-CLOSE_POLICY_VIOLATION: Final = 1008
 
 CLIENT_ID_MISMATCH: Final = "client_id does not match the registered connection"
 CLIENT_TYPE_MISMATCH: Final = "client_type does not match the registered connection"

@@ -9,12 +9,8 @@ sends sloppy JSON.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
-from typing import Any
 
 import trio
 import trio_websocket
@@ -27,23 +23,6 @@ from galaxy_trio.aip import (
     decode_client_message,
     encode_text,
 )
-
-FRAMES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "aip" / "frames"
-
-
-@cache
-def recorded(scenario: str) -> tuple[dict[str, Any], ...]:
-    """Every line of ``shared/aip/frames/<scenario>.jsonl``."""
-    with (FRAMES_DIR / f"{scenario}.jsonl").open(encoding="utf-8") as lines:
-        return tuple(json.loads(line) for line in lines if line.strip())
-
-
-def recorded_raw(scenario: str, step: int) -> str:
-    """The exact text of one recorded frame."""
-    for frame in recorded(scenario):
-        if frame["step"] == step:
-            return str(frame["raw"])
-    raise KeyError(f"{scenario}.jsonl has no step {step}")
 
 
 @dataclass(slots=True)

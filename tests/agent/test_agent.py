@@ -49,7 +49,8 @@ from galaxy_trio.aip import (
 from galaxy_trio.backoff import Backoff
 from galaxy_trio.transport import CLOSE_GRACE
 
-from .fakes import FakeConnection, FakeServer, recorded_raw
+from ..frames import raw as recorded_raw
+from .fakes import FakeConnection, FakeServer
 
 TOKEN = "s3cret-token"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -26,7 +26,7 @@ from galaxy_trio.agent.device_info import (
 )
 from galaxy_trio.aip import builders, decode_client_message, encode_text
 
-from .fakes import recorded_raw
+from ..frames import raw as recorded_raw
 
 KEYS = [
     "device_id",

@@ -21,7 +21,7 @@ from galaxy_trio.agent import (
 )
 from galaxy_trio.aip import Command, Result, ResultStatus, ToolType, decode_client_message
 
-from .fakes import recorded_raw
+from ..frames import raw as recorded_raw
 
 EXECUTE_DESCRIPTION = (
     "Placeholder tool description (original text replaced).\n\nSecond paragraph:\n- runs one command\n"

@@ -15,7 +15,7 @@ from galaxy_trio.agent import DeviceAgent
 from galaxy_trio.agent.agent import _Connection
 from galaxy_trio.agent.errors import LinkDead
 from galaxy_trio.aip import builders, encode_text
-from tests.transport.test_client import connect, serving
+from tests.transport._wsserver import connect, serving
 
 INTERVAL = 10.0
 TIMEOUT = 4.0

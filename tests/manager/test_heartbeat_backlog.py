@@ -16,7 +16,7 @@ from wsproto.events import TextMessage
 from galaxy_trio.aip import builders, encode_text
 from galaxy_trio.manager.activate import keep_alive
 from galaxy_trio.manager.session import ClientSession
-from tests.transport.test_client import connect, serving
+from tests.transport._wsserver import connect, serving
 
 INTERVAL = 10.0
 WINDOW = 3.0

@@ -288,7 +288,7 @@ class _Connection:
             rules.shown(plan.device_id),
         )
         assert self._nursery is not None
-        self._nursery.start_soon(session.run, ctx.settings)
+        self._nursery.start_soon(session.run)
 
     # --- sending ------------------------------------------------------------------------------------------------
 

@@ -264,6 +264,7 @@ class Session:
         "_finished",
         "_registry",
         "_scope",
+        "_settings",
         "device",
         "handle",
         "requester",
@@ -281,6 +282,7 @@ class Session:
         self.requester = requester
         self.device = device
         self.handle = SessionHandle(plan, requester, device, settings)
+        self._settings = settings
         self._driver = driver
         self._registry = registry
         self._scope = trio.CancelScope()
@@ -327,9 +329,10 @@ class Session:
         self._cancel_outcome = outcome
         self._scope.cancel()
 
-    async def run(self, settings: ServerSettings) -> None:
+    async def run(self) -> None:
         """Queue for the device, run the driver, deliver TASK_END; every path ends with the session settled."""
         device = self.device
+        settings = self._settings
         acquired = delivering = False
         outcome: Outcome | None = None
         try:
@@ -349,13 +352,13 @@ class Session:
             self._settle()
             delivering = True
             with trio.move_on_after(settings.cancel_grace if cancelled else math.inf):
-                await self._deliver(outcome, settings.send_deadline)
+                await self._deliver(outcome)
         except trio.Cancelled:
             self._finished = True
             self._settle()
             if not delivering:
                 with trio.move_on_after(settings.cancel_grace, shield=True):
-                    await self._deliver(Outcome(TaskStatus.FAILED, [], SERVER_SHUTTING_DOWN), settings.send_deadline)
+                    await self._deliver(Outcome(TaskStatus.FAILED, [], SERVER_SHUTTING_DOWN))
             raise
         finally:
             self._settle()
@@ -408,9 +411,10 @@ class Session:
         logger.error("session %s: driver raised", shown(self.session_id), exc_info=exc)
         return Outcome(TaskStatus.FAILED, [], _clip(f"Session driver failed: {type(exc).__name__}: {exc}"))
 
-    async def _deliver(self, outcome: Outcome, send_deadline: float) -> None:
+    async def _deliver(self, outcome: Outcome) -> None:
         """TASK_END to the requester, then the same frame (same response_id) to the device (§8.6 steps 6–7)."""
         response_id = new_id()
+        send_deadline = self._settings.send_deadline
         if outcome.notify_requester:
             await _send_task_end(self.requester, self._task_end(outcome, response_id), send_deadline)
         if outcome.notify_device and self.device is not self.requester:

@@ -83,7 +83,7 @@ async def test_a_requester_that_takes_no_task_end_is_closed_at_the_send_deadline
     session = _session(requester, device, settings)
     started = trio.current_time()
     with trio.fail_after(60):
-        await session._deliver(Outcome(TaskStatus.COMPLETED, {"answer": 42}), settings.send_deadline)
+        await session._deliver(Outcome(TaskStatus.COMPLETED, {"answer": 42}))
     assert requester.sent == []
     assert requester.closes == [(CLOSE_POLICY_VIOLATION, "not reading", started + 7.0)]
     (told,) = device.sent
@@ -98,7 +98,7 @@ async def test_a_device_that_takes_no_task_end_is_closed_after_the_requester_got
     requester, device = FakeLink(), FakeLink(stalled=True)
     session = _session(requester, device, settings)
     started = trio.current_time()
-    await session._deliver(Outcome(TaskStatus.FAILED, [], "boom"), settings.send_deadline)
+    await session._deliver(Outcome(TaskStatus.FAILED, [], "boom"))
     (told,) = requester.sent
     assert told.type is ServerMessageType.TASK_END and told.error == "boom"
     assert device.closes == [(CLOSE_POLICY_VIOLATION, "not reading", started + 3.0)]
@@ -107,7 +107,7 @@ async def test_a_device_that_takes_no_task_end_is_closed_after_the_requester_got
 async def test_peers_that_read_are_never_closed(autojump_clock: trio.testing.MockClock) -> None:
     settings = ServerSettings(send_deadline=1.0)
     requester, device = FakeLink(), FakeLink()
-    await _session(requester, device, settings)._deliver(Outcome(TaskStatus.COMPLETED, "ok"), settings.send_deadline)
+    await _session(requester, device, settings)._deliver(Outcome(TaskStatus.COMPLETED, "ok"))
     assert [m.response_id for m in requester.sent] == [m.response_id for m in device.sent]  # one response_id
     assert requester.closes == [] and device.closes == []
 

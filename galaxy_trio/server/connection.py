@@ -76,12 +76,10 @@ class _Connection:
         "_remote",
         "_stopping",
         "_target",
-        "_ws",
     )
 
     def __init__(self, ctx: ServerContext, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
         self._ctx = ctx
-        self._ws = ws
         self._link = ServerLink(ws)
         self._remote = remote
         self._record: ClientRecord | None = None
@@ -317,8 +315,8 @@ class _Connection:
                 await trio.sleep(interval)
                 with trio.move_on_after(timeout) as ping:
                     try:
-                        await self._ws.ping()
-                    except trio_websocket.ConnectionClosed:
+                        await self._link.ping()
+                    except LinkClosed:
                         return
                 if ping.cancelled_caught:
                     logger.warning("%s did not answer a ping within %g s; closing", self._who, timeout)

@@ -51,6 +51,15 @@ class ServerLink:
             raise BinaryFrame(len(message))
         return message
 
+    async def ping(self) -> None:
+        """Send a ping and wait for its pong (the caller's scope bounds the wait). Raises :class:`LinkClosed`."""
+        try:
+            await self._ws.ping()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed(exc) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise LinkClosed() from None
+
     async def aclose(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
         """Close with a closing handshake, bounded by :data:`CLOSE_GRACE` and shielded from cancellation.
 

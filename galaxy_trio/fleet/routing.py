@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -38,9 +37,9 @@ from ..manager import (
     TaskQueueFull,
     TaskRefused,
     TaskResult,
-    TaskTimings,
     UnknownDevice,
 )
+from ..manager.tasks import TaskClock
 from .errors import FleetError, RegistryUnavailable
 from .registry import FleetRegistry
 
@@ -108,30 +107,6 @@ class _Waiter:
         await self._event.wait()
         assert self.value is not None
         return self.value
-
-
-class _Clock:
-    """Task timings for results made here (timeouts, lost owners), in the manager's format."""
-
-    __slots__ = ("mono", "wall")
-
-    def __init__(self) -> None:
-        self.wall = time.time()
-        self.mono = trio.current_time()
-
-    def failed(self, task_id: str, device_id: str, error_type: Any, error: str) -> TaskResult:
-        elapsed = trio.current_time() - self.mono
-        timings = TaskTimings(
-            queued_at=self.wall,
-            started_at=None,
-            finished_at=time.time(),
-            queued_s=elapsed,
-            run_s=None,
-            total_s=elapsed,
-        )
-        return TaskResult(
-            task_id=task_id, device_id=device_id, status="failed", error=error, error_type=error_type, timings=timings
-        )
 
 
 class TaskRouter:
@@ -210,7 +185,7 @@ class TaskRouter:
         await self._post(mail.reply_to, reply)
 
     async def _run_locally(self, mail: TaskMail) -> ReplyMail:
-        clock = _Clock()
+        clock = TaskClock()
         with trio.move_on_after(mail.wait_s) as bound:
             try:
                 result = await self.manager.assign_task_to_device(
@@ -242,7 +217,7 @@ class TaskRouter:
                 raise UnknownDevice(device_id, fleet)
         if self.owns(device_id):
             return await self.manager.assign_task_to_device(task_id, device_id, description, task_data)
-        clock = _Clock()
+        clock = TaskClock()
         # As on one manager: the default bound applies only when the caller has set no deadline of its own.
         default_bound = (
             self.manager.settings.task_timeout if trio.current_effective_deadline() == math.inf else math.inf
@@ -254,7 +229,7 @@ class TaskRouter:
         return clock.failed(task_id, device_id, "timeout", text)
 
     async def _route(
-        self, task_id: str, device_id: str, description: str, task_data: dict[str, Any] | None, clock: _Clock
+        self, task_id: str, device_id: str, description: str, task_data: dict[str, Any] | None, clock: TaskClock
     ) -> TaskResult:
         while True:
             if self.owns(device_id):

@@ -113,7 +113,9 @@ class TaskBook:
         self.pending: set[str] = set()
 
 
-class _Clock:
+class TaskClock:
+    """When a task was queued and started, for its :class:`TaskTimings` (also used by fleet routing)."""
+
     __slots__ = ("queued_at", "queued_mono", "started_at", "started_mono")
 
     def __init__(self) -> None:
@@ -136,6 +138,17 @@ class _Clock:
             queued_s=(started if started is not None else now_mono) - self.queued_mono,
             run_s=None if started is None else now_mono - started,
             total_s=now_mono - self.queued_mono,
+        )
+
+    def failed(self, task_id: str, device_id: str, error_type: ErrorType, error: str) -> TaskResult:
+        """A failed :class:`TaskResult`, timed by this clock."""
+        return TaskResult(
+            task_id=task_id,
+            device_id=device_id,
+            status="failed",
+            error=error,
+            error_type=error_type,
+            timings=self.timings(),
         )
 
 
@@ -165,19 +178,18 @@ async def run_task(
             f"{manager.settings.task_queue_size}); task {task_id!r} refused"
         )
     book.pending.add(task_id)
-    clock = _Clock()
+    clock = TaskClock()
     # The default bound applies only when the caller has set no deadline of its own.
     default_bound = manager.settings.task_timeout if trio.current_effective_deadline() == math.inf else math.inf
     try:
         with trio.move_on_after(default_bound) as bound:
             result = await _queue_and_run(manager, device, task_id, description, task_data, clock)
         if bound.cancelled_caught:
-            result = _failed(
+            result = clock.failed(
                 task_id,
                 device_id,
                 "timeout",
                 f"task did not finish within task_timeout={default_bound:g}s (queue time included)",
-                clock,
             )
     finally:
         book.pending.discard(task_id)
@@ -191,7 +203,7 @@ async def _queue_and_run(
     task_id: str,
     description: str,
     task_data: dict[str, Any] | None,
-    clock: _Clock,
+    clock: TaskClock,
 ) -> TaskResult:
     device_id = device.profile.device_id
     device.queued += 1
@@ -205,7 +217,7 @@ async def _queue_and_run(
         session = await _wait_until_idle(device)
         if session is None:
             reason = device.profile.failure_reason or device.stop_reason or f"device is {device.profile.status.value}"
-            return _failed(task_id, device_id, "device_failed", f"device {device_id!r} stopped: {reason}", clock)
+            return clock.failed(task_id, device_id, "device_failed", f"device {device_id!r} stopped: {reason}")
         session_id = f"{manager.task_name}@{task_id}"
         pending = PendingTask(task_id)
         session.tasks[session_id] = pending
@@ -234,7 +246,7 @@ async def _queue_and_run(
         try:
             reply = await pending.wait()
         except SessionEnded as exc:
-            return _failed(task_id, device_id, "device_disconnection", f"link to device lost mid-task: {exc}", clock)
+            return clock.failed(task_id, device_id, "device_disconnection", f"link to device lost mid-task: {exc}")
         return _result_from(reply, task_id, device_id, clock)
     finally:
         if not handed_over:
@@ -252,9 +264,9 @@ async def _wait_until_idle(device: _Device) -> ClientSession | None:
         await device.changed.wait()
 
 
-def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: _Clock) -> TaskResult:
+def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: TaskClock) -> TaskResult:
     if frame.type.value == "error":
-        return _failed(task_id, device_id, "rejected", f"server rejected the task: {frame.error}", clock)
+        return clock.failed(task_id, device_id, "rejected", f"server rejected the task: {frame.error}")
     if frame.status is TaskStatus.COMPLETED:
         return TaskResult(
             task_id=task_id, device_id=device_id, status="completed", result=frame.result, timings=clock.timings()
@@ -266,17 +278,6 @@ def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: _Clo
         device_id=device_id,
         status="failed",
         result=frame.result,
-        error=error,
-        error_type=error_type,
-        timings=clock.timings(),
-    )
-
-
-def _failed(task_id: str, device_id: str, error_type: ErrorType, error: str, clock: _Clock) -> TaskResult:
-    return TaskResult(
-        task_id=task_id,
-        device_id=device_id,
-        status="failed",
         error=error,
         error_type=error_type,
         timings=clock.timings(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from .codec import new_id, utc_timestamp
 from .messages import (
@@ -24,6 +24,8 @@ from .messages import (
 
 __all__ = [
     "CONSTELLATION_CAPABILITIES",
+    "DEVICE_DISCONNECTED",
+    "SERVER_SHUTTING_DOWN",
     "command",
     "command_results",
     "constellation_client_id",
@@ -45,6 +47,13 @@ __all__ = [
 CONSTELLATION_CAPABILITIES = ("task_distribution", "session_management", "device_coordination")
 
 _UNSAFE_TASK_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+#: TASK_END error texts for a task cut off rather than run and failed (the manager maps them to
+#: ``device_disconnection``): UFO's when the task's device dropped (PROTOCOL.md §8.8), and galaxy_trio's server's
+#: when it shuts down with the task running.
+DEVICE_DISCONNECTED: Final = "Task was cancelled because target device disconnected"
+SERVER_SHUTTING_DOWN: Final = "Task was cancelled because the server is shutting down"
 
 
 def constellation_client_id(task_name: str, device_id: str) -> str:

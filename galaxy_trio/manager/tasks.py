@@ -40,14 +40,8 @@ __all__ = [
 
 logger = logging.getLogger("galaxy_trio.manager")
 
-#: TASK_END errors that mean the task was cut off, not run and failed; mapped to error_type ``device_disconnection``:
-#: UFO's text for a task whose device dropped (PROTOCOL.md §8.8), and galaxy_trio's server's when it shuts down.
-_DISCONNECTION_TEXTS: Final = frozenset(
-    {
-        "Task was cancelled because target device disconnected",
-        "Task was cancelled because the server is shutting down",
-    }
-)
+#: TASK_END errors that mean the task was cut off, not run and failed: error_type ``device_disconnection``.
+_DISCONNECTION_TEXTS: Final = frozenset({builders.DEVICE_DISCONNECTED, builders.SERVER_SHUTTING_DOWN})
 
 #: Bound on sending one TASK frame; the send is shielded so a cancelled caller cannot leave half a TASK behind.
 _SEND_GRACE: Final = 5.0

@@ -19,7 +19,6 @@ from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
 __all__ = [
     "CLIENT_ID_MISMATCH",
     "CLIENT_TYPE_MISMATCH",
-    "DEVICE_DISCONNECTED",
     "DEVICE_INFO_CONSTELLATIONS_ONLY",
     "DEVICE_INFO_NOT_AUTHORIZED",
     "DEVICE_TARGETS_OTHER",
@@ -49,7 +48,6 @@ TASK_TARGET_NOT_DEVICE: Final = "Constellation tasks may only target device clie
 DEVICE_TARGETS_OTHER: Final = "Device clients may not target other devices"
 DEVICE_INFO_CONSTELLATIONS_ONLY: Final = "DEVICE_INFO_REQUEST is permitted only for constellation clients"
 DEVICE_INFO_NOT_AUTHORIZED: Final = "Not authorized to request device info for this device"
-DEVICE_DISCONNECTED: Final = "Task was cancelled because target device disconnected"
 
 #: How much of a client-supplied id an error text or a log line quotes.
 _SHOWN_CHARS: Final = 128

@@ -39,10 +39,11 @@ from ..aip import (
     json_error,
     new_id,
 )
+from ..aip.builders import DEVICE_DISCONNECTED, SERVER_SHUTTING_DOWN
 from ..errors import LinkClosed
 from ..transport import CLOSE_POLICY_VIOLATION
 from .clients import ClientRecord, ClientRegistry, PendingCommand
-from .rules import DEVICE_DISCONNECTED, TaskPlan, agent_name, shown
+from .rules import TaskPlan, agent_name, shown
 from .settings import ServerSettings
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
 
 logger = logging.getLogger("galaxy_trio.server")
 
-SERVER_SHUTTING_DOWN: Final = "Task was cancelled because the server is shutting down"
 #: Longest driver exception text put into a TASK_END error (the full traceback goes to the server log).
 _ERROR_CHARS: Final = 500
 

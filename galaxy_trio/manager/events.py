@@ -57,5 +57,5 @@ class EventHub(Hub[DeviceEvent]):
 
     def emit(self, kind: EventKind, device_id: str, **fields: Any) -> None:
         """Build and publish an event, skipping the allocation when nobody listens."""
-        if self._subscriptions:
+        if self.has_subscribers:
             self.publish(DeviceEvent(kind=kind, device_id=device_id, at=time.time(), **fields))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .net import free_port as _free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -20,12 +22,6 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         cwd=REPO,
         check=False,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _local_config(tmp_path: Path) -> Path:

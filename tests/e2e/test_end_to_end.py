@@ -16,6 +16,8 @@ from galaxy_trio import ConstellationDeviceManager, DeviceConfig, DeviceStatus, 
 from galaxy_trio.agent import DeviceAgent
 from galaxy_trio.server import AIPServer, serve_aip
 
+from ..net import free_port as _free_port
+
 TOKEN = "e2e-token"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -172,11 +174,3 @@ def test_run_once_exits_1_when_a_device_fails(tmp_path: Path) -> None:
     (profile,) = json.loads(done.stdout)
     assert profile["status"] == "failed"
     assert profile["failure_reason"].startswith("gave up after 2 consecutive failed attempts")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

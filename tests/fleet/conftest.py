@@ -10,7 +10,6 @@ import math
 import os
 import select
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +25,7 @@ from galaxy_trio.config import DeviceConfig
 from galaxy_trio.fleet import FleetMember, FleetRegistry, open_fleet_member
 from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
 
+from ..net import free_port as _free_port
 from .peers import FencedPeer
 
 TASK_NAME = "fleet"
@@ -40,12 +40,6 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _ping(port: int) -> bool:

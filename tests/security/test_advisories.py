@@ -55,6 +55,7 @@ from ..manager.peer import (
     ScriptedPeer,
     patched,
 )
+from ..net import free_port as _free_port
 from ..server._peers import TOKEN, ok, open_peer, results_for, serve_device, start_server
 from ._rawws import RawWebSocket
 from ._support import capture_logs, connections_of, live_connection, next_status
@@ -64,14 +65,6 @@ SECRET = "Sup3r-s3cret-t0ken-7f3a9c"
 WRONG_SECRET = "wr0ng-s3cret-t0ken-55b1e2"
 CLIENT_ID_MISMATCH = "client_id does not match the registered connection"
 CLIENT_TYPE_MISMATCH = "client_type does not match the registered connection"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _device_register(device_id: str, hostname: str = "host") -> ClientMessage:

@@ -44,6 +44,7 @@ from .manager import AgentProfile, ConstellationDeviceManager, DeviceEvent, Even
 __all__ = [
     "AioManager",
     "AioSubscription",
+    "EventForwarder",
     "GuestRunError",
     "open_agent",
     "open_manager",
@@ -303,13 +304,13 @@ class _Resident(Generic[T]):
     is raised when the context exits — as a trio nursery would cancel its body.
     """
 
-    def __init__(self, guest: _Guest, service: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(self, guest: _Guest, service: Callable[..., Awaitable[Any]], cancel_on_crash: bool = True) -> None:
         self._guest = guest
         self._service = service
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
         self.error: Exception | None = None
-        self._host_task = asyncio.current_task()
+        self._host_task = asyncio.current_task() if cancel_on_crash else None
 
     async def _host(self, *, task_status: trio.TaskStatus[T] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
@@ -354,8 +355,10 @@ async def open_service(service: Callable[..., Awaitable[Any]]) -> AsyncIterator[
 
 
 @asynccontextmanager
-async def _resident(guest: _Guest, service: Callable[..., Awaitable[Any]]) -> AsyncIterator[Any]:
-    resident: _Resident[Any] = _Resident(guest, service)
+async def _resident(
+    guest: _Guest, service: Callable[..., Awaitable[Any]], cancel_on_crash: bool = True
+) -> AsyncIterator[Any]:
+    resident: _Resident[Any] = _Resident(guest, service, cancel_on_crash)
     value = await resident.enter()
     failure: BaseException | None = None
     try:
@@ -446,6 +449,30 @@ class AioSubscription:
         self.close()
 
 
+class EventForwarder:
+    """An asyncio task that hands every event of a subscription to a handler (see ``AioManager.forward_events``)."""
+
+    def __init__(self, subscription: AioSubscription, handler: Callable[[DeviceEvent], Awaitable[None]]) -> None:
+        self._subscription = subscription
+        self._handler = handler
+        self.failures = 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        with self._subscription as events:
+            async for event in events:
+                try:
+                    await self._handler(event)
+                except Exception:
+                    self.failures += 1
+                    logger.exception("event handler failed on %s event for %s", event.kind, event.device_id)
+
+    async def aclose(self, *, now: bool = False) -> None:
+        if now:
+            self._task.cancel()
+        await _wait_uncancellable(self._task)
+
+
 class AioManager:
     """A :class:`ConstellationDeviceManager` driven from asyncio (see the module docstring for the semantics).
 
@@ -521,6 +548,17 @@ class AioManager:
     def subscribe(self, buffer: int | None = None) -> AioSubscription:
         return AioSubscription(self._guest, self.trio_manager.subscribe(buffer))
 
+    async def run_trio(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a trio function in this manager's guest run (e.g. with the trio manager, under a trio deadline)."""
+        return await self._guest.call(async_fn, *args)
+
+    def forward_events(self, handler: Callable[[DeviceEvent], Awaitable[None]]) -> EventForwarder:
+        """Call ``await handler(event)`` for every event, in order, in an asyncio task of its own (so a slow
+        handler delays only itself; past ``event_buffer`` events are dropped for it, as for any subscriber).
+        The task ends by itself once the manager has closed and every event was handled; ``aclose()`` waits for
+        that, or stops it at once with ``now=True``."""
+        return EventForwarder(self.subscribe(), handler)
+
     def client_id(self, device_id: str) -> str:
         return self.trio_manager.client_id(device_id)
 
@@ -542,8 +580,14 @@ async def _sync_in_trio(fn: Callable[..., T], *args: Any) -> T:
 
 
 @asynccontextmanager
-async def open_manager(task_name: str | None = None, **kwargs: Any) -> AsyncIterator[AioManager]:
-    """A :class:`ConstellationDeviceManager` (same arguments) running in this loop's trio guest run."""
+async def open_manager(
+    task_name: str | None = None, *, cancel_on_crash: bool = True, **kwargs: Any
+) -> AsyncIterator[AioManager]:
+    """A :class:`ConstellationDeviceManager` (same arguments) running in this loop's trio guest run.
+
+    ``cancel_on_crash=False`` is for a context entered and left by different tasks (as the UFO facade does):
+    then no task is cancelled if the manager's trio side crashes; the error is raised when the context is left.
+    """
     manager = ConstellationDeviceManager(task_name, **kwargs)
 
     async def hold(*, task_status: trio.TaskStatus[ConstellationDeviceManager] = trio.TASK_STATUS_IGNORED) -> None:
@@ -551,5 +595,5 @@ async def open_manager(task_name: str | None = None, **kwargs: Any) -> AsyncIter
             task_status.started(manager)
             await trio.sleep_forever()
 
-    async with _lease() as guest, _resident(guest, hold):
+    async with _lease() as guest, _resident(guest, hold, cancel_on_crash):
         yield AioManager(guest, manager)

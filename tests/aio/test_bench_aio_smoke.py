@@ -19,7 +19,7 @@ def test_bench_aio_prints_both_apis_and_writes_their_figures(tmp_path: Path) -> 
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "| 3 devices to IDLE (median) |" in done.stdout and "aio / trio" in done.stdout
+    assert "| 3 devices to IDLE (median) " in done.stdout and "aio / trio" in done.stdout
     figures = json.loads(out.read_text(encoding="utf-8"))["figures"]
     assert set(figures) == {"trio", "aio"}
     for api in figures.values():

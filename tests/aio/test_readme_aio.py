@@ -18,6 +18,7 @@ def test_the_readme_asyncio_example_registers_runs_a_task_streams_events_and_exi
     lines = done.stdout.strip().splitlines()
     assert "laptop True" in lines and "desktop True" in lines
     assert "completed hello" in lines
-    assert lines[-3:] == ["event: laptop disconnected", "event: desktop disconnected", "closed"]
-    assert lines.index("event: laptop idle") < lines.index("laptop True")
-    assert "event: laptop busy" in lines
+    assert lines[-1] == "closed"  # the two links close concurrently: their events come in either order
+    assert sorted(lines[-3:-1]) == ["event: desktop disconnected", "event: laptop disconnected"]
+    # The watcher prints from a task of its own, so its lines interleave with main's in scheduling order.
+    assert {"event: laptop idle", "event: desktop idle", "event: laptop busy"} <= set(lines)

@@ -110,10 +110,17 @@ class _Guest:
                 host_uses_signal_set_wakeup_fd=True,
             )
         except RuntimeError as exc:
+            stale = [g for g in list(_guests.values()) if g is not self and g.loop.is_closed()]
+            for guest in stale:
+                guest._abandon()
+            why = (
+                f"an earlier asyncio loop was closed while {stale[0].users} galaxy_trio.aio context(s) were still"
+                " open on it (leave them before closing the loop; asyncio.run does)"
+                if stale
+                else "is this asyncio loop running inside trio.run?"
+            )
             raise GuestRunError(
-                "cannot start trio as a guest of this asyncio loop: a trio run is already active in this thread"
-                " (an asyncio loop inside trio.run, or an earlier loop closed while a galaxy_trio.aio context was"
-                " still open)"
+                f"cannot start trio as a guest of this asyncio loop: a trio run is already active in this thread; {why}"
             ) from exc
 
     def _run_soon_threadsafe(self, fn: Callable[[], object]) -> None:
@@ -268,8 +275,8 @@ async def _lease() -> AsyncIterator[_Guest]:
         guest = _guests.get(loop)
         if guest is None:
             guest = _Guest(loop)
-            _guests[loop] = guest
             guest.start()
+            _guests[loop] = guest
             break
         if not guest.stopping:
             break

@@ -226,8 +226,9 @@ def test_ctrl_c_under_asyncio_run_closes_every_link_then_raises_keyboard_interru
 def test_closing_the_loop_with_a_manager_open_reports_it_and_does_not_hang() -> None:
     script = textwrap.dedent(
         """
-        import asyncio, galaxy_trio.aio as aio
+        import asyncio, logging, galaxy_trio.aio as aio
 
+        logging.basicConfig()
         loop = asyncio.new_event_loop()
         context = aio.open_manager(task_name="leak")
         manager = loop.run_until_complete(context.__aenter__())
@@ -242,3 +243,5 @@ def test_closing_the_loop_with_a_manager_open_reports_it_and_does_not_hang() -> 
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "refused: cannot start trio as a guest" in done.stdout
+    assert "an earlier asyncio loop was closed while 1 galaxy_trio.aio context(s) were still open" in done.stdout
+    assert "the asyncio loop was closed while 1 galaxy_trio.aio context(s) were still open" in done.stderr

@@ -198,12 +198,12 @@ class _Guest:
         the trio task runs to its end regardless (for closes, which bound themselves).
         """
         if self.failure is not None or self.finished.done():
-            raise GuestRunError("the trio guest run has ended") from self.failure
+            raise self._ended()
         call = _Call(self.loop.create_future())
         self._pending.add(call)
         if not self._soon(partial(self._spawn, call, async_fn, args)):
             self._pending.discard(call)
-            raise GuestRunError("the trio guest run has ended") from self.failure
+            raise self._ended()
         try:
             return await asyncio.shield(call.future)
         except asyncio.CancelledError:
@@ -217,6 +217,13 @@ class _Guest:
             if not call.future.cancelled() and isinstance(call.future.exception(), GalaxyTrioError):
                 raise call.future.exception() from None  # type: ignore[misc]
             raise
+
+    def _ended(self) -> GuestRunError:
+        if self.failure is None:
+            return GuestRunError("the trio guest run has ended")
+        error = GuestRunError(f"the trio guest run crashed: {self.failure!r}")
+        error.__cause__ = self.failure
+        return error
 
     def _spawn(self, call: _Call, async_fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         if call.future.done():
@@ -237,16 +244,11 @@ class _Guest:
                 else:
                     call.settle(outcome.Value(value))
         finally:
-            self._pending.discard(call)
-            if not call.future.done():
-                # Our own cancel (the asyncio caller's) ends as CancelledError; the guest's shutdown as an error.
-                call.settle(
-                    outcome.Error(
-                        asyncio.CancelledError()
-                        if call.cancel_requested
-                        else GuestRunError("the trio guest run was stopped while this call was running")
-                    )
-                )
+            if not call.future.done() and call.cancel_requested:
+                call.settle(outcome.Error(asyncio.CancelledError()))  # our own cancel: the asyncio caller's
+            if call.future.done():
+                self._pending.discard(call)
+            # Otherwise the guest run itself is ending (crash or stop): _done settles the call, with the reason.
 
     def nursery(self) -> trio.Nursery:
         assert self._nursery is not None

@@ -104,8 +104,8 @@ class _Guest:
         try:
             trio.lowlevel.start_guest_run(
                 self._main,
-                run_sync_soon_threadsafe=self._run_soon_threadsafe,
-                run_sync_soon_not_threadsafe=self._run_soon,
+                run_sync_soon_threadsafe=self._host_soon_threadsafe,
+                run_sync_soon_not_threadsafe=self._host_soon,
                 done_callback=self._done,
                 host_uses_signal_set_wakeup_fd=True,
             )
@@ -123,13 +123,13 @@ class _Guest:
                 f"cannot start trio as a guest of this asyncio loop: a trio run is already active in this thread; {why}"
             ) from exc
 
-    def _run_soon_threadsafe(self, fn: Callable[[], object]) -> None:
+    def _host_soon_threadsafe(self, fn: Callable[[], object]) -> None:
         try:
             self.loop.call_soon_threadsafe(fn)
         except RuntimeError:  # the loop is closed: trio cannot go on
             self._abandon()
 
-    def _run_soon(self, fn: Callable[[], object]) -> None:
+    def _host_soon(self, fn: Callable[[], object]) -> None:
         try:
             self.loop.call_soon(fn)
         except RuntimeError:
@@ -179,9 +179,10 @@ class _Guest:
         """Ask the guest run to end (its last user left); ``finished`` resolves when it has."""
         self.stopping = True
         if self._stop is not None:
-            self._soon(self._stop.set)
+            self.run_soon(self._stop.set)
 
-    def _soon(self, fn: Callable[[], object]) -> bool:
+    def run_soon(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn()`` in the guest run soon (``False`` if that run has finished)."""
         assert self._token is not None
         try:
             self._token.run_sync_soon(fn)
@@ -201,7 +202,7 @@ class _Guest:
             raise self._ended()
         call = _Call(self.loop.create_future())
         self._pending.add(call)
-        if not self._soon(partial(self._spawn, call, async_fn, args)):
+        if not self.run_soon(partial(self._spawn, call, async_fn, args)):
             self._pending.discard(call)
             raise self._ended()
         try:
@@ -212,7 +213,7 @@ class _Guest:
             if cancellable:
                 call.cancel_requested = True
                 if call.scope is not None:
-                    self._soon(call.scope.cancel)
+                    self.run_soon(call.scope.cancel)
             await _wait_uncancellable(call.future)
             if not call.future.cancelled() and isinstance(call.future.exception(), GalaxyTrioError):
                 raise call.future.exception() from None  # type: ignore[misc]
@@ -441,7 +442,7 @@ class AioSubscription:
         if not self._closed:
             self._closed = True
             if not self._guest.finished.done():
-                self._guest._soon(self._subscription.close)
+                self._guest.run_soon(self._subscription.close)
 
     def __enter__(self) -> AioSubscription:
         return self

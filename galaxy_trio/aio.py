@@ -331,9 +331,13 @@ class _Resident(Generic[T]):
                     started = True
                     task_status.started(value)
         except Exception as exc:
+            # The inner nursery wraps the service's error in a group; a lone error is raised as itself.
+            error = exc
+            while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]
             if not started:
-                raise
-            self.error = exc
+                raise error from error.__cause__
+            self.error = error
             if self._host_task is not None:
                 self._host_task.cancel()
         finally:

@@ -245,3 +245,45 @@ def test_closing_the_loop_with_a_manager_open_reports_it_and_does_not_hang() -> 
     assert "refused: cannot start trio as a guest" in done.stdout
     assert "an earlier asyncio loop was closed while 1 galaxy_trio.aio context(s) were still open" in done.stdout
     assert "the asyncio loop was closed while 1 galaxy_trio.aio context(s) were still open" in done.stderr
+
+
+def test_a_body_cancelled_by_its_deadline_still_closes_every_link() -> None:
+    gate = trio.Event()
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with device_side("d1", driver=blocking_driver(gate)) as url:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5), aio.open_manager(task_name="cx") as manager:
+                    seen["manager"] = manager
+                    assert await manager.register_device("d1", url)
+                    await manager.assign_task_to_device("A", "d1", "block")  # never ends by itself
+            assert seen["manager"].get_device_info("d1").status is DeviceStatus.DISCONNECTED
+            assert seen["manager"].get_connected_devices() == []
+
+    run(main)
+
+
+def test_a_service_that_crashes_cancels_the_body_and_raises_its_error_on_exit() -> None:
+    async def flaky(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started("up")
+        await trio.sleep(0.01)
+        raise OSError("the service broke")
+
+    async def main() -> None:
+        with pytest.raises(OSError, match="the service broke"):
+            async with aio.open_service(flaky) as value:
+                assert value == "up"
+                await asyncio.sleep(BOUND)  # cancelled by the crash, as a trio nursery would cancel its body
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+    run(main)
+
+
+def test_a_service_that_fails_to_start_raises_its_own_error() -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="non-empty token"):
+            async with aio.open_server(port=0, token=""):
+                pass
+
+    run(main)

@@ -26,6 +26,7 @@ it gives have the methods of their trio counterparts:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -414,6 +415,8 @@ class AioSubscription:
         self._guest = guest
         self._subscription = subscription
         self._closed = False
+        # An event the trio side received for a reader that was cancelled before it could take it.
+        self._held: collections.deque[DeviceEvent] = collections.deque()
 
     @property
     def dropped(self) -> int:
@@ -421,17 +424,28 @@ class AioSubscription:
 
     def pending(self) -> list[DeviceEvent]:
         """Every event received so far and not yet read, without waiting."""
-        return [] if self._closed else self._subscription.pending()
+        if self._closed:
+            return []
+        held, self._held = list(self._held), collections.deque()
+        return held + self._subscription.pending()
 
     async def receive(self) -> DeviceEvent:
-        """The next event; raises ``trio.EndOfChannel`` when the manager has closed."""
+        """The next event; raises ``trio.EndOfChannel`` when the manager has closed. Cancel-safe: a cancelled
+        receive loses no event."""
         if self._closed:
             raise trio.ClosedResourceError("this subscription is closed")
+        if self._held:
+            return self._held.popleft()
         try:
             return self._subscription.channel.receive_nowait()
         except trio.WouldBlock:
             pass
-        return await self._guest.call(self._subscription.receive)
+        await self._guest.call(self._receive_one)
+        return self._held.popleft()
+
+    async def _receive_one(self) -> None:
+        # In trio: the event goes to _held at once, so it survives the asyncio reader being cancelled meanwhile.
+        self._held.append(await self._subscription.receive())
 
     def __aiter__(self) -> AioSubscription:
         return self

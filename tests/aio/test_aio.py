@@ -287,3 +287,21 @@ def test_a_service_that_fails_to_start_raises_its_own_error() -> None:
                 pass
 
     run(main)
+
+
+def test_a_cancelled_event_read_loses_no_event() -> None:
+    async def main() -> None:
+        async with device_side("d1") as url, aio.open_manager(task_name="ev") as manager:
+            with manager.subscribe() as events:
+                reader = asyncio.create_task(events.receive())
+                await asyncio.sleep(0)  # the reader is waiting in the guest now
+                await manager.add_device(DeviceConfig(device_id="d1", server_url=url))
+                reader.cancel()  # the event may already be on its way to the cancelled reader...
+                try:
+                    first = await reader
+                except asyncio.CancelledError:
+                    first = await events.receive()  # ...then it is still here
+                assert first.kind is EventKind.STATUS and first.new_status is DeviceStatus.CONNECTING
+                await manager.wait_until_settled()
+
+    run(main)

@@ -113,7 +113,7 @@ class _Guest:
         except RuntimeError as exc:
             stale = [g for g in list(_guests.values()) if g is not self and g.loop.is_closed()]
             for guest in stale:
-                guest._abandon()
+                guest.abandon()
             why = (
                 f"an earlier asyncio loop was closed while {stale[0].users} galaxy_trio.aio context(s) were still"
                 " open on it (leave them before closing the loop; asyncio.run does)"
@@ -128,15 +128,15 @@ class _Guest:
         try:
             self.loop.call_soon_threadsafe(fn)
         except RuntimeError:  # the loop is closed: trio cannot go on
-            self._abandon()
+            self.abandon()
 
     def _host_soon(self, fn: Callable[[], object]) -> None:
         try:
             self.loop.call_soon(fn)
         except RuntimeError:
-            self._abandon()
+            self.abandon()
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         if not self._abandoned:
             self._abandoned = True
             logger.error(

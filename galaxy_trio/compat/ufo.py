@@ -121,7 +121,7 @@ class DeviceRegistry:
     ) -> Any:
         """Record a device (DISCONNECTED) without connecting it; ``connect_device`` brings it up. Raises
         ``ValueError`` for a bad entry or a duplicate id, as UFO's registry does."""
-        if device_id in self.staged or self._owner._profile(device_id) is not None:
+        if device_id in self.staged or self._owner.native_profile(device_id) is not None:
             raise ValueError(f"device {device_id!r} is already registered")
         try:
             config = DeviceConfig(
@@ -139,7 +139,7 @@ class DeviceRegistry:
         return self.get_device(device_id)
 
     def is_device_registered(self, device_id: str) -> bool:
-        return device_id in self.staged or self._owner._profile(device_id) is not None
+        return device_id in self.staged or self._owner.native_profile(device_id) is not None
 
     def get_device(self, device_id: str) -> Any:
         return self._owner.get_device_info(device_id)
@@ -149,6 +149,20 @@ class DeviceRegistry:
 
     def get_connected_devices(self) -> list[str]:
         return self._owner.get_connected_devices()
+
+    def is_device_busy(self, device_id: str) -> bool:
+        profile = self._owner.native_profile(device_id)
+        return profile is not None and profile.status is DeviceStatus.BUSY
+
+    def get_current_task(self, device_id: str) -> str | None:
+        profile = self._owner.native_profile(device_id)
+        return None if profile is None else profile.current_task_id
+
+    def get_device_capabilities(self, device_id: str) -> dict[str, Any]:
+        return self._owner.get_device_capabilities(device_id)
+
+    def get_device_system_info(self, device_id: str) -> dict[str, Any] | None:
+        return self._owner.get_device_system_info(device_id)
 
 
 class ConstellationDeviceManager:
@@ -251,7 +265,7 @@ class ConstellationDeviceManager:
         """Connect every registered device that has no live link; ``{device_id: connected}``."""
         results: dict[str, bool] = {}
         for device_id in list(self._all_profiles()):
-            profile = self._profile(device_id)
+            profile = self.native_profile(device_id)
             if profile is not None and profile.status in CONNECTED_STATUSES:
                 results[device_id] = True
             else:
@@ -343,7 +357,8 @@ class ConstellationDeviceManager:
 
     # --- queries -----------------------------------------------------------------------------------------------
 
-    def _profile(self, device_id: str) -> AgentProfile | None:
+    def native_profile(self, device_id: str) -> AgentProfile | None:
+        """The device's profile as galaxy_trio's own ``AgentProfile`` snapshot (whatever UFO types are in use)."""
         if self._manager is not None:
             profile = self._manager.get_device_info(device_id)
             if profile is not None:
@@ -363,7 +378,7 @@ class ConstellationDeviceManager:
     def _all_profiles(self) -> dict[str, AgentProfile]:
         profiles = {} if self._manager is None else self._manager.get_all_devices()
         for device_id in self.device_registry.staged:
-            staged = self._profile(device_id)
+            staged = self.native_profile(device_id)
             if staged is not None:
                 profiles[device_id] = staged
         return profiles
@@ -388,7 +403,7 @@ class ConstellationDeviceManager:
 
     def get_device_info(self, device_id: str) -> Any:
         """The device's profile (a snapshot, UFO's ``AgentProfile`` when UFO is installed), or ``None``."""
-        profile = self._profile(device_id)
+        profile = self.native_profile(device_id)
         return None if profile is None else self._convert(profile)
 
     def get_all_devices(self, connected: bool = False) -> dict[str, Any]:
@@ -403,20 +418,20 @@ class ConstellationDeviceManager:
         return [] if self._manager is None else self._manager.get_connected_devices()
 
     def get_device_capabilities(self, device_id: str) -> dict[str, Any]:
-        profile = self._profile(device_id)
+        profile = self.native_profile(device_id)
         if profile is None:
             return {}
         return {"capabilities": profile.capabilities, "metadata": profile.metadata, "os": profile.os}
 
     def get_device_system_info(self, device_id: str) -> dict[str, Any] | None:
-        profile = self._profile(device_id)
+        profile = self.native_profile(device_id)
         if profile is None:
             return None
         system_info = profile.metadata.get("system_info")
         return dict(system_info) if isinstance(system_info, dict) else None
 
     def get_device_status(self, device_id: str) -> dict[str, Any]:
-        profile = self._profile(device_id)
+        profile = self.native_profile(device_id)
         if profile is None:
             return {"error": f"Device {device_id} not found"}
         queue = self.get_task_queue_status(device_id)
@@ -428,7 +443,7 @@ class ConstellationDeviceManager:
 
     def get_task_queue_status(self, device_id: str) -> dict[str, Any]:
         """The device's task queue as UFO reports it (tasks asked for through this facade)."""
-        profile = self._profile(device_id)
+        profile = self.native_profile(device_id)
         current = None if profile is None else profile.current_task_id
         pending = list(self._submitted.get(device_id, {}))
         queued = [task_id for task_id in pending if task_id != current]
@@ -453,7 +468,7 @@ class ConstellationDeviceManager:
             kind = kinds.DEVICE_DISCONNECTED
         else:
             kind = kinds.DEVICE_STATUS_CHANGED
-        profile = self._profile(event.device_id)
+        profile = self.native_profile(event.device_id)
         device_info = _device_data(profile) if profile is not None else {"device_id": event.device_id}
         device_info["status"] = event.new_status.value  # the status this event is about, not a later one
         snapshot = {device_id: _device_data(p) for device_id, p in self._all_profiles().items()}

@@ -94,7 +94,11 @@ def test_drives_like_constellation_client_initialize_and_a_task_star(ufo: dict[s
                 assert manager.get_device_info("gone").status is types.DeviceStatus.FAILED
                 assert set(manager.get_all_devices()) == {"win", "gone"}
                 assert set(manager.get_all_devices(connected=True)) == {"win"}
-                assert manager.get_connected_devices() == ["win"]
+                assert manager.get_connected_devices() == ["win"]  # UFO's registry counts only CONNECTED, not IDLE
+                registry = manager.device_registry
+                assert registry.is_device_registered("gone") and not registry.is_device_registered("nobody")
+                assert not registry.is_device_busy("win") and registry.get_current_task("win") is None
+                assert registry.get_device_system_info("win") == manager.get_device_system_info("win")
                 assert "office" in manager.get_device_capabilities("win")["capabilities"]
                 assert manager.get_device_system_info("win")["platform"]  # type: ignore[index]
                 # A TaskStar executes through assign_task_to_device with keywords and reads the ExecutionResult.

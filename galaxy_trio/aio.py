@@ -163,8 +163,11 @@ class _Guest:
             self.started.set_exception(failure)
         if not self.finished.done():
             self.finished.set_result(None)
-        if isinstance(error, KeyboardInterrupt):
-            raise error  # trio caught Ctrl-C (no asyncio handler was installed): the host loop stops with it
+        if isinstance(error, KeyboardInterrupt) or (
+            isinstance(error, BaseExceptionGroup) and error.subgroup(KeyboardInterrupt) is not None
+        ):
+            # trio caught Ctrl-C (the loop runs without asyncio.run's handler): the host loop stops with it.
+            raise KeyboardInterrupt from error
 
     async def _main(self) -> None:
         async with trio.open_nursery() as nursery:

@@ -305,3 +305,25 @@ def test_a_cancelled_event_read_loses_no_event() -> None:
                 await manager.wait_until_settled()
 
     run(main)
+
+
+def test_ctrl_c_on_a_loop_run_without_asyncio_run_stops_it_with_keyboard_interrupt() -> None:
+    # Without asyncio.run's SIGINT handler, trio's own catches Ctrl-C; the host loop must stop with it, not hang.
+    script = textwrap.dedent(
+        """
+        import asyncio, signal, galaxy_trio.aio as aio
+
+        async def main():
+            async with aio.open_manager(task_name="k"):
+                asyncio.get_running_loop().call_later(0.1, signal.raise_signal, signal.SIGINT)
+                await asyncio.sleep(30)
+
+        try:
+            asyncio.new_event_loop().run_until_complete(main())
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "KeyboardInterrupt"

@@ -410,11 +410,20 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def _task_hint(reason: str) -> str:
-    """What to do when ``task`` cannot register the device; a running ``run`` holds its client id."""
+    """What to do when ``task`` cannot bring its device up, read from the manager's failure reason."""
     if "already registered" in reason:
         return (
             "; a running 'run' probably drives this device: send the task through its control plane with"
             " 'python -m galaxy_trio ctl task ID REQUEST --control URL', or stop that run first"
+        )
+    if "HTTP 401" in reason or "HTTP 403" in reason:
+        return "; the token is wrong or missing: check ?token= in server_url or the token_env variable"
+    if "HTTP 404" in reason:
+        return "; nothing serves AIP at that path: galaxy_trio and UFO servers listen on /ws"
+    if "refused" in reason or "all attempts to connect" in reason:
+        return (
+            "; connection refused: is the device's AIP server running? check the host and port of its server_url"
+            " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
         )
     return ""
 

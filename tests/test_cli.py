@@ -274,3 +274,59 @@ async def test_task_on_a_device_that_a_running_manager_drives_says_what_to_do(tm
     assert done.returncode == 1, err
     assert "already registered" in err
     assert "python -m galaxy_trio ctl task ID REQUEST --control URL" in err and "Traceback" not in err
+
+
+def test_task_against_a_server_that_is_not_running_says_refused_and_what_to_check(tmp_path: Path) -> None:
+    config = tmp_path / "down.yaml"
+    config.write_text(
+        f"devices:\n  - device_id: d\n    server_url: ws://127.0.0.1:{_free_port()}/ws\n    max_retries: 1\n",
+        encoding="utf-8",
+    )
+    done = _cli("task", str(config), "--device", "d", "echo")
+    assert done.returncode == 1
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: device d is failed: ")
+    assert error.endswith(
+        "; connection refused: is the device's AIP server running? check the host and port of its server_url"
+        " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
+    )
+    assert "Traceback" not in done.stderr
+
+
+async def test_task_with_a_wrong_token_says_token_wrong_or_missing(tmp_path: Path) -> None:
+    from galaxy_trio.server import serve_aip
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, host="127.0.0.1", port=0, token="right"))
+        config = tmp_path / "devices.yaml"
+        config.write_text(
+            f"devices:\n  - device_id: d\n    server_url: 'ws://127.0.0.1:{server.port}/ws?token=wrong'\n"
+        )
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "galaxy_trio", "task", str(config), "--device", "d", "echo"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=REPO,
+            )
+        nursery.cancel_scope.cancel()
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "HTTP 403; the token is wrong or missing: check ?token= in server_url or the token_env variable" in err
+    assert "wrong" not in err.replace("is wrong or missing", "")  # the token itself never shows
+
+
+def test_run_treats_an_unset_failed_retry_interval_as_60_seconds_and_keeps_a_set_one() -> None:
+    import msgspec
+
+    class Settings(msgspec.Struct, frozen=True):  # the agreed ManagerSettings field, whatever else it holds
+        failed_retry_interval: float | None = None
+
+    class Config(msgspec.Struct):
+        manager: Settings
+
+    unset = cli._manager_settings(Config(Settings()))  # type: ignore[arg-type]
+    assert unset.failed_retry_interval == cli.RUN_FAILED_RETRY_INTERVAL == 60.0
+    assert cli._manager_settings(Config(Settings(0.0))).failed_retry_interval == 0.0  # type: ignore[arg-type]
+    assert cli._manager_settings(Config(Settings(5.0))).failed_retry_interval == 5.0  # type: ignore[arg-type]

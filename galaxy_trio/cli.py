@@ -489,6 +489,11 @@ async def _serve(args: argparse.Namespace) -> int:
                     f"port {args.port} on {args.host} is already in use; stop the program using it or choose"
                     " another --port"
                 ) from None
+            if isinstance(leaf, OSError) and leaf.errno == errno.EADDRNOTAVAIL:
+                raise ServeError(
+                    f"--host {args.host} is not an address of this machine; give 127.0.0.1, 0.0.0.0 (every"
+                    " interface) or one of its own addresses"
+                ) from None
             if isinstance(leaf, OSError) and leaf.errno == errno.EACCES:
                 raise ServeError(
                     f"no permission to listen on port {args.port} on {args.host}; ports below 1024 need privileges,"

@@ -330,3 +330,18 @@ def test_run_treats_an_unset_failed_retry_interval_as_60_seconds_and_keeps_a_set
     assert unset.failed_retry_interval == cli.RUN_FAILED_RETRY_INTERVAL == 60.0
     assert cli._manager_settings(Config(Settings(0.0))).failed_retry_interval == 0.0  # type: ignore[arg-type]
     assert cli._manager_settings(Config(Settings(5.0))).failed_retry_interval == 5.0  # type: ignore[arg-type]
+
+
+def test_serve_says_when_the_host_is_not_an_address_of_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _main(capsys, "serve", "--host", "192.0.2.1", "--port", "0", "--token", "t")  # TEST-NET-1
+    assert status == 1
+    assert err.strip() == (
+        "error: --host 192.0.2.1 is not an address of this machine; give 127.0.0.1, 0.0.0.0 (every interface)"
+        " or one of its own addresses"
+    )
+
+
+def test_agent_refuses_a_server_url_with_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _main(capsys, "agent", "--server", "ws://127.0.0.1:99999/ws", "--device-id", "d")
+    assert status == 2
+    assert err.strip() == "error: --server 'ws://127.0.0.1:99999/ws' has an invalid port; give 1-65535"

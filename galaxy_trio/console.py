@@ -149,7 +149,7 @@ def fleet_table(view: FleetView, now: float, *, width: int, height: int, title: 
     """
     reason_column = width >= _REASON_COLUMN_MIN_WIDTH
     budget = max(height - 1, 4)  # one line spare: the cursor sits below the live area
-    capacity = len(view.rows)
+    capacity = min(len(view.rows), budget)  # a row takes at least one line: no need to lay out more
     while True:
         renderable = _build(view, now, capacity, width=width, title=title, reason_column=reason_column)
         lines = _height(renderable, width)
@@ -183,9 +183,9 @@ def _build(view: FleetView, now: float, capacity: int, *, width: int, title: str
         table.add_column("reason", overflow="fold", width=max(left - device_width, _REASON_MIN_WIDTH))
     for row in rows:
         cells: list[RenderableType] = [
-            row.device_id,
+            Text(row.device_id),  # Text, not str: an id is never read as rich markup
             Text(row.status.value, style=_STATUS_STYLES.get(row.status, "")),
-            row.phase,
+            Text(row.phase),
             str(row.attempt or ""),
             _duration(now - row.phase_since),
             "" if row.time_to_idle is None else _duration(row.time_to_idle),

@@ -128,3 +128,10 @@ def test_profiles_json_has_the_documented_fields_and_no_secret() -> None:
         "failure_reason",
     }
     assert row["status"] == "failed" and row["failure_reason"] == "x" and row["last_heartbeat"] is None
+
+
+def test_ids_and_reasons_are_shown_as_written_never_as_markup() -> None:
+    view = FleetView(["[bold]x[/bold]"], now=0.0)
+    view.update(_status("[bold]x[/bold]", S.CONNECTING, S.FAILED, "[red]boom[/red]"), 1.0)
+    lines = _draw(view, now=2.0, width=120, height=24)
+    assert lines[3].startswith("[bold]x[/bold] ") and lines[3].endswith("[red]boom[/red]")

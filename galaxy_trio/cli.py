@@ -259,10 +259,16 @@ async def _until_interrupted(command: Callable[[], Any]) -> int:
     return result
 
 
-def _require_fleet_extra() -> None:
-    """``--redis`` needs valkey-glide: say how to get it rather than fail on an import deep inside."""
+def _check_redis(url: str) -> None:
+    """``--redis`` needs valkey-glide and a Redis URL: say so before anything starts, in one line."""
     if importlib.util.find_spec("glide") is None:
         raise UsageError("--redis needs the 'fleet' extra (valkey-glide): pip install 'galaxy_trio[fleet]'")
+    from .fleet.redis import parse_redis_url
+
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise UsageError(f"--redis: {exc}; give redis://HOST:PORT/DB") from None
 
 
 # --- check -----------------------------------------------------------------------------------------------------
@@ -319,7 +325,7 @@ async def _run(args: argparse.Namespace) -> int:
     from .console import profiles_json
 
     if args.redis:
-        _require_fleet_extra()
+        _check_redis(args.redis)
         if args.once:
             raise UsageError("--once does not apply to --redis: a fleet member runs until stopped")
     config = load_config(args.config)
@@ -395,7 +401,7 @@ async def _run_fleet_member(manager: Any, devices: Sequence[DeviceConfig], redis
 
 
 async def _status(args: argparse.Namespace) -> int:
-    _require_fleet_extra()
+    _check_redis(args.redis)
     from .fleet import read_fleet_status, read_fleet_status_text
 
     if args.json:

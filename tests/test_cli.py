@@ -345,3 +345,13 @@ def test_agent_refuses_a_server_url_with_a_bad_port(capsys: pytest.CaptureFixtur
     status, err = _main(capsys, "agent", "--server", "ws://127.0.0.1:99999/ws", "--device-id", "d")
     assert status == 2
     assert err.strip() == "error: --server 'ws://127.0.0.1:99999/ws' has an invalid port; give 1-65535"
+
+
+@pytest.mark.parametrize("command", [["run", "config/devices.yaml"], ["status"]])
+def test_a_bad_redis_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    status, err = _main(capsys, *command, "--redis", "http://127.0.0.1:6379/0")
+    assert status == 2
+    assert err.strip() == (
+        "error: --redis: invalid Redis URL http://127.0.0.1:6379/0: scheme must be one of redis, valkey, rediss,"
+        " valkeys; give redis://HOST:PORT/DB"
+    )

@@ -8,15 +8,19 @@ stdout. Ctrl-C (or SIGTERM) shuts everything down cleanly.
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib.util
 import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -35,16 +39,74 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a device or task did not succeed
 EXIT_USAGE = 2  # bad arguments or a bad config
 
+#: ``run`` re-probes FAILED devices this often when the config leaves ``failed_retry_interval`` unset.
+RUN_FAILED_RETRY_INTERVAL = 60.0
+
+
+class ServeError(GalaxyTrioError):
+    """The AIP server could not start listening (port in use, no permission): exit status 1."""
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (a URL, a host name, a missing extra): exit status 2, one line."""
+
+
+def _port(text: str) -> int:
+    """A TCP port for ``--port``: 1-65535, or 0 for a free one (argparse shows the message and exits 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a port 1-65535 (0: any free port)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port; give 1-65535 (0: any free port)")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, got {value}")
+    return value
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"galaxy_trio {__version__} (Python {sys.version.split()[0]}, trio {trio.__version__})"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m galaxy_trio",
         description="Device-fleet registration and control over AIP (UFO Galaxy compatible), on trio.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (also after the command)")
+    # Each subcommand accepts -v too; SUPPRESS keeps a -v given before the subcommand from being reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_task, _add_status, _add_check, _add_serve, _add_agent):
+        add(sub, common)
+    return parser
 
-    run = sub.add_parser("run", help="bring every device in CONFIG to IDLE and keep it there until Ctrl-C")
+
+_Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def _add_run(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    run = sub.add_parser(
+        "run", parents=[common], help="bring every device in CONFIG to IDLE and keep it there until Ctrl-C"
+    )
     run.add_argument("config", help="devices.yaml")
     run.add_argument(
         "--local",
@@ -59,47 +121,71 @@ def _parser() -> argparse.ArgumentParser:
         help="fleet mode: join the managers sharing this Redis (redis://HOST:PORT/DB); needs the 'fleet' extra",
     )
 
-    task = sub.add_parser("task", help="register one device, run one task on it, print the result")
+
+def _add_task(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    task = sub.add_parser("task", parents=[common], help="register one device, run one task on it, print the result")
     task.add_argument("config", help="devices.yaml")
     task.add_argument("--device", required=True, help="device_id from CONFIG")
     task.add_argument("request", help='the task text; the default driver runs {"tool_name": ..., "parameters": ...}')
     task.add_argument("--local", action="store_true", help="start the device's server and agent in this process")
     task.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
-    status = sub.add_parser("status", help="fleet mode: print every device of the fleet in Redis")
+
+def _add_status(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    status = sub.add_parser("status", parents=[common], help="fleet mode: print every device of the fleet in Redis")
     status.add_argument("--redis", required=True, metavar="URL", help="the fleet's Redis (redis://HOST:PORT/DB)")
     status.add_argument("--json", action="store_true", help="print the fleet as a JSON array on stdout")
 
-    check = sub.add_parser("check", help="validate CONFIG and print every problem")
+
+def _add_check(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    check = sub.add_parser("check", parents=[common], help="validate CONFIG and print every problem")
     check.add_argument("config", help="devices.yaml")
 
-    serve = sub.add_parser("serve", help="run an AIP server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=5005, help="port (default 5005; 0 picks a free one)")
+
+def _add_serve(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    serve = sub.add_parser("serve", parents=[common], help="run an AIP server")
+    serve.add_argument("--host", default="127.0.0.1", help="address or name to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=5005, help="port 1-65535 (default 5005; 0 picks a free one)")
     serve.add_argument(
         "--token",
         help="client token (default: $GALAXY_TRIO_TOKEN, else a random one, printed once)",
     )
-    serve.add_argument("--max-frame", type=int, default=1 << 20, help="largest accepted frame in bytes (1 MiB)")
+    serve.add_argument(
+        "--max-frame", type=_positive_int, default=1 << 20, help="largest accepted frame in bytes (1 MiB)"
+    )
 
-    agent = sub.add_parser("agent", help="run a device agent")
+
+def _add_agent(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    agent = sub.add_parser("agent", parents=[common], help="run a device agent")
     agent.add_argument("--server", required=True, help="ws://HOST:PORT/ws?token=... of the AIP server")
-    agent.add_argument("--device-id", required=True, help="the id to register under")
+    agent.add_argument("--device-id", required=True, type=_non_empty, help="the id to register under")
     agent.add_argument("--token-env", help="environment variable holding the token, if not in --server")
     agent.add_argument("--platform", help="override the detected platform (windows, linux, darwin…)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m galaxy_trio`` and the ``galaxy-trio`` script; returns the exit status."""
     args = _parser().parse_args(argv)
-    # On a terminal, `run` draws a live table: INFO lines would scroll it away, so only warnings are logged then.
-    live_table = args.command == "run" and not args.json and not args.redis and sys.stdout.isatty()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if live_table else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # On a terminal, `run` draws a live table on stdout; log lines are printed above it, through the same console.
+    live = args.command == "run" and not args.json and not args.redis and sys.stdout.isatty()
+    args.console = None
+    if live:
+        from rich.console import Console
+
+        from .console import console_log_handler
+
+        args.console = Console(file=sys.stdout)
+        # INFO lines would push the table off a small screen: only warnings, unless -v.
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.WARNING,
+            handlers=[console_log_handler(args.console)],
+        )
+    else:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     if not args.verbose:
         logging.getLogger("trio-websocket").setLevel(logging.WARNING)
     commands: dict[str, Callable[[argparse.Namespace], Any]] = {
@@ -114,10 +200,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_gc()  # long-running fleet processes: see galaxy_trio/runtime.py
     try:
         result = trio.run(_until_interrupted, partial(commands[args.command], args))
-    except (ConfigError, GalaxyTrioError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+    except Exception as exc:  # every error ends here as one line, not a traceback
+        return _report(exc, verbose=args.verbose)
     return int(result)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _report(exc: Exception, *, verbose: bool) -> int:
+    """Print why the command failed, once per distinct reason, and return its exit status.
+
+    Config and usage errors exit 2, failures of devices, servers and the network 1. Anything else is a bug: it
+    is reported in one line too, with the traceback only under ``-v``.
+    """
+    status = EXIT_FAILED
+    shown: set[str] = set()
+    for leaf in _leaves(exc):
+        if isinstance(leaf, ConfigError | UsageError):
+            status = EXIT_USAGE
+            message = f"error: {leaf}"
+        elif isinstance(leaf, GalaxyTrioError):
+            message = f"error: {leaf}"
+        elif isinstance(leaf, OSError):
+            message = f"error: {leaf.strerror or leaf}"
+        else:
+            if verbose:
+                raise exc
+            message = (
+                f"error: unexpected {type(leaf).__name__}: {leaf} (a bug in galaxy_trio; run again with -v for the"
+                " traceback and report it)"
+            )
+        if message not in shown:
+            shown.add(message)
+            print(message, file=sys.stderr)
+    return status
 
 
 async def _until_interrupted(command: Callable[[], Any]) -> int:
@@ -136,6 +257,18 @@ async def _until_interrupted(command: Callable[[], Any]) -> int:
             nursery.start_soon(watch)
             result = int(await command())
     return result
+
+
+def _check_redis(url: str) -> None:
+    """``--redis`` needs valkey-glide and a Redis URL: say so before anything starts, in one line."""
+    if importlib.util.find_spec("glide") is None:
+        raise UsageError("--redis needs the 'fleet' extra (valkey-glide): pip install 'galaxy_trio[fleet]'")
+    from .fleet.redis import parse_redis_url
+
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise UsageError(f"--redis: {exc}; give redis://HOST:PORT/DB") from None
 
 
 # --- check -----------------------------------------------------------------------------------------------------
@@ -157,8 +290,24 @@ async def _check(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------------------------------------
 
 
+def _manager_settings(config: GalaxyConfig) -> Any:
+    """The manager's settings for ``run``: a supervisor re-probes FAILED devices (every 60 s unless configured).
+
+    The library leaves a FAILED device FAILED (the flow document's semantics); ``run`` keeps a fleet up until
+    Ctrl-C, so a device that comes back (a reboot) must come back here too. ``failed_retry_interval: 0`` in the
+    config turns the re-probe off.
+    """
+    settings = config.manager
+    fields = getattr(type(settings), "__struct_fields__", ())
+    if "failed_retry_interval" in fields and getattr(settings, "failed_retry_interval", None) is None:
+        settings = msgspec.structs.replace(settings, failed_retry_interval=RUN_FAILED_RETRY_INTERVAL)
+    return settings
+
+
 @asynccontextmanager
-async def _fleet(config: GalaxyConfig, devices: Sequence[DeviceConfig], local: bool) -> AsyncIterator[Any]:
+async def _fleet(
+    settings: Any, devices: Sequence[DeviceConfig], local: bool
+) -> AsyncIterator[tuple[Any, Sequence[DeviceConfig]]]:
     """The manager for ``devices``, with local servers and agents first when asked."""
     from .manager import ConstellationDeviceManager
 
@@ -168,28 +317,32 @@ async def _fleet(config: GalaxyConfig, devices: Sequence[DeviceConfig], local: b
 
             fleet = await stack.enter_async_context(open_local_fleet(devices))
             devices = fleet.devices
-        manager = await stack.enter_async_context(ConstellationDeviceManager(settings=config.manager))
+        manager = await stack.enter_async_context(ConstellationDeviceManager(settings=settings))
         yield manager, devices
 
 
 async def _run(args: argparse.Namespace) -> int:
     from .console import profiles_json
 
+    if args.redis:
+        _check_redis(args.redis)
+        if args.once:
+            raise UsageError("--once does not apply to --redis: a fleet member runs until stopped")
     config = load_config(args.config)
     local = args.local or config.local
-    if args.redis and args.once:
-        print("error: --once does not apply to --redis: a fleet member runs until stopped", file=sys.stderr)
-        return EXIT_USAGE
+    if not local:
+        _check_tokens(config.devices)
     profiles: list[Any] = []
     status = EXIT_OK
-    live = sys.stdout.isatty() and not args.json
     try:
-        async with _fleet(config, config.devices, local) as (manager, devices):
+        async with _fleet(_manager_settings(config), config.devices, local) as (manager, devices):
             try:
                 if args.redis:
                     status = await _run_fleet_member(manager, devices, args.redis)
                 else:
-                    status = await _bring_up(manager, devices, live=live, once=args.once)
+                    status = await _bring_up(
+                        manager, devices, console=args.console, config_path=args.config, once=args.once
+                    )
             finally:
                 # Snapshot before the manager closes (closing marks every device disconnected).
                 profiles = list(manager.get_all_devices().values())
@@ -200,14 +353,33 @@ async def _run(args: argparse.Namespace) -> int:
     return status
 
 
-async def _bring_up(manager: Any, devices: Sequence[DeviceConfig], *, live: bool, once: bool) -> int:
-    from .console import FleetView, show_live_table
+def _check_tokens(devices: Sequence[DeviceConfig]) -> None:
+    """Every unset ``token_env`` variable, as one config error before anything starts (local mode makes its own)."""
+    problems: list[Any] = []
+    for device in devices:
+        try:
+            device.resolve_url()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
 
-    events = manager.subscribe()
-    async with trio.open_nursery() as display:
-        if live:
+
+async def _bring_up(
+    manager: Any, devices: Sequence[DeviceConfig], *, console: Any, config_path: str, once: bool
+) -> int:
+    """Add ``devices``, wait until each is IDLE or FAILED, then (without ``once``) keep them up until cancelled.
+
+    With a ``console`` (a terminal), a live table is drawn until this returns or is cancelled, i.e. before the
+    manager closes, so the table left on screen shows the statuses the devices reached.
+    """
+    from .console import FleetView, open_live_table
+
+    async with AsyncExitStack() as stack:
+        events = stack.enter_context(manager.subscribe())
+        if console is not None:
             view = FleetView([d.device_id for d in devices], trio.current_time())
-            display.start_soon(show_live_table, view, events, sys.stdout)
+            await stack.enter_async_context(open_live_table(view, events, console, config_path=config_path))
         manager.add_devices(devices)
         settled = await manager.wait_until_settled()
         idle = sum(1 for p in settled.values() if p.status.value == "idle")
@@ -215,8 +387,6 @@ async def _bring_up(manager: Any, devices: Sequence[DeviceConfig], *, live: bool
         if not once:
             freeze_settled_objects()  # a full collection: worth it only for a process that stays up
             await trio.sleep_forever()
-        display.cancel_scope.cancel()
-    events.close()
     return EXIT_OK if idle == len(settled) else EXIT_FAILED
 
 
@@ -231,6 +401,7 @@ async def _run_fleet_member(manager: Any, devices: Sequence[DeviceConfig], redis
 
 
 async def _status(args: argparse.Namespace) -> int:
+    _check_redis(args.redis)
     from .fleet import read_fleet_status, read_fleet_status_text
 
     if args.json:
@@ -244,20 +415,43 @@ async def _status(args: argparse.Namespace) -> int:
 # --- task --------------------------------------------------------------------------------------------------------
 
 
+def _task_hint(reason: str) -> str:
+    """What to do when ``task`` cannot bring its device up, read from the manager's failure reason."""
+    if "already registered" in reason:
+        return (
+            "; a running 'run' probably drives this device: send the task through its control plane with"
+            " 'python -m galaxy_trio ctl task ID REQUEST --control URL', or stop that run first"
+        )
+    if "HTTP 401" in reason or "HTTP 403" in reason:
+        return "; the token is wrong or missing: check ?token= in server_url or the token_env variable"
+    if "HTTP 404" in reason:
+        return "; nothing serves AIP at that path: galaxy_trio and UFO servers listen on /ws"
+    if "refused" in reason or "all attempts to connect" in reason:
+        return (
+            "; connection refused: is the device's AIP server running? check the host and port of its server_url"
+            " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
+        )
+    return ""
+
+
 async def _task(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
         device = config.device(args.device)
     except KeyError:
         ids = ", ".join(d.device_id for d in config.devices)
-        print(f"error: no device {args.device!r} in {args.config}; devices: {ids}", file=sys.stderr)
-        return EXIT_USAGE
-    async with _fleet(config, [device], args.local or config.local) as (manager, devices):
+        raise UsageError(f"no device {args.device!r} in {args.config}; devices: {ids}") from None
+    if not (args.local or config.local):
+        _check_tokens([device])
+    async with _fleet(config.manager, [device], args.local or config.local) as (manager, devices):
         manager.add_devices(devices)
         profile = await manager.wait_for_device(device.device_id)
         if profile.status.value != "idle":
             reason = profile.failure_reason or "not connected"
-            print(f"error: device {device.device_id} is {profile.status.value}: {reason}", file=sys.stderr)
+            print(
+                f"error: device {device.device_id} is {profile.status.value}: {reason}{_task_hint(reason)}",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         result = await manager.assign_task_to_device(f"cli-{secrets.token_hex(4)}", device.device_id, args.request)
     if args.json:
@@ -272,29 +466,79 @@ async def _task(args: argparse.Namespace) -> int:
 # --- serve and agent ---------------------------------------------------------------------------------------------
 
 
+async def _resolve_host(host: str, port: int) -> None:
+    """Fail early, in one line, on a ``--host`` this machine cannot resolve."""
+    try:
+        await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"--host {host!r} cannot be resolved ({exc.strerror}); give an IP address such as 127.0.0.1 or 0.0.0.0,"
+            " or a name this machine resolves"
+        ) from None
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from .server import serve_aip
 
+    await _resolve_host(args.host, args.port)
     token = args.token or os.environ.get("GALAXY_TRIO_TOKEN")
     if not token:
         token = secrets.token_urlsafe(24)
         # Printed once, on purpose, so that clients can be pointed at this server; never logged.
         print(f"token: {token}", file=sys.stderr, flush=True)
-    await serve_aip(host=args.host, port=args.port, token=token, max_frame_size=args.max_frame)
+    try:
+        await serve_aip(host=args.host, port=args.port, token=token, max_frame_size=args.max_frame)
+    except Exception as exc:
+        for leaf in _leaves(exc):
+            if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
+                raise ServeError(
+                    f"port {args.port} on {args.host} is already in use; stop the program using it or choose"
+                    " another --port"
+                ) from None
+            if isinstance(leaf, OSError) and leaf.errno == errno.EADDRNOTAVAIL:
+                raise ServeError(
+                    f"--host {args.host} is not an address of this machine; give 127.0.0.1, 0.0.0.0 (every"
+                    " interface) or one of its own addresses"
+                ) from None
+            if isinstance(leaf, OSError) and leaf.errno == errno.EACCES:
+                raise ServeError(
+                    f"no permission to listen on port {args.port} on {args.host}; ports below 1024 need privileges,"
+                    " choose another --port"
+                ) from None
+        raise
     return EXIT_OK
+
+
+def _agent_url(args: argparse.Namespace) -> str:
+    """``--server`` checked, with the token from ``--token-env`` added when the URL has none."""
+    from .redact import url_with_token
+
+    url: str = args.server
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise UsageError(
+            f"--server {redact_url(url)!r} is not a ws:// or wss:// URL; give e.g. ws://127.0.0.1:5005/ws?token=T"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise UsageError(f"--server {redact_url(url)!r} has an invalid port; give 1-65535") from None
+    if url_token(url) is None and args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise UsageError(f"environment variable {args.token_env!r} is not set; it must hold the server's token")
+        url = url_with_token(url, token)
+    return url
 
 
 async def _agent(args: argparse.Namespace) -> int:
     from .agent import DeviceAgent
-    from .redact import url_with_token
 
-    url = args.server
-    if url_token(url) is None and args.token_env:
-        token = os.environ.get(args.token_env)
-        if not token:
-            print(f"error: environment variable {args.token_env!r} is not set", file=sys.stderr)
-            return EXIT_USAGE
-        url = url_with_token(url, token)
+    url = _agent_url(args)
+    try:
+        agent = DeviceAgent(url, args.device_id, platform=args.platform)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     logger.info("device agent %s for %s", args.device_id, redact_url(url))
-    await DeviceAgent(url, args.device_id, platform=args.platform).run()
+    await agent.run()
     return EXIT_OK

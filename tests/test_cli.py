@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+
+import pytest
+import trio
+
+import galaxy_trio
+from galaxy_trio import cli
+from galaxy_trio.agent import DeviceAgent
+from galaxy_trio.cli import main
 
 from .net import free_port as _free_port
 
@@ -99,3 +110,248 @@ def test_local_mode_names_a_port_already_in_use(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- no traceback for a simple mistake: one line, what was wrong and what to do, exit 2 (usage) or 1 (runtime) ---
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``main(args)`` in this process: its exit status (argparse's too) and what it printed on stderr."""
+    try:
+        status = main(list(args))
+    except SystemExit as exc:  # argparse rejects bad arguments by exiting 2
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return status, err
+
+
+def test_serve_names_the_port_already_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, err = _main(capsys, "serve", "--port", str(port), "--token", "t")
+    assert status == 1
+    assert err.strip() == (
+        f"error: port {port} on 127.0.0.1 is already in use; stop the program using it or choose another --port"
+    )
+
+
+@pytest.mark.parametrize("port", ["-1", "70000", "http"])
+def test_serve_refuses_a_port_outside_1_to_65535(capsys: pytest.CaptureFixture[str], port: str) -> None:
+    status, err = _main(capsys, "serve", "--port", port, "--token", "t")
+    assert status == 2
+    assert "argument --port:" in err and "1-65535" in err and port in err
+
+
+def test_serve_says_when_the_host_does_not_resolve(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _main(capsys, "serve", "--host", "no-such-host.invalid", "--port", "0", "--token", "t")
+    assert status == 2
+    assert err.startswith("error: --host 'no-such-host.invalid' cannot be resolved")
+    assert "give an IP address such as 127.0.0.1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_frame_limit_of_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _main(capsys, "serve", "--max-frame", "0", "--port", "0", "--token", "t")
+    assert status == 2
+    assert "argument --max-frame: must be a positive number of bytes, got 0" in err
+
+
+@pytest.mark.parametrize("server", ["http://127.0.0.1:5005/ws", "127.0.0.1:5005"])
+def test_agent_explains_what_a_server_url_looks_like(capsys: pytest.CaptureFixture[str], server: str) -> None:
+    status, err = _main(capsys, "agent", "--server", server, "--device-id", "d")
+    assert status == 2
+    assert err.strip() == (
+        f"error: --server '{server}' is not a ws:// or wss:// URL; give e.g. ws://127.0.0.1:5005/ws?token=T"
+    )
+
+
+def test_agent_refuses_an_empty_device_id(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _main(capsys, "agent", "--server", "ws://127.0.0.1:1/ws?token=t", "--device-id", "")
+    assert status == 2
+    assert "argument --device-id: must not be empty" in err
+
+
+def test_agent_names_an_unset_token_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    variable = "GALAXY_TRIO_TEST_UNSET_TOKEN"
+    status, err = _main(capsys, "agent", "--server", "ws://127.0.0.1:1/ws", "--device-id", "d", "--token-env", variable)
+    assert status == 2
+    assert err.strip() == f"error: environment variable '{variable}' is not set; it must hold the server's token"
+
+
+def test_run_names_an_unset_token_env_variable_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "token.yaml"
+    config.write_text(
+        f"devices:\n  - device_id: d\n    server_url: ws://127.0.0.1:{_free_port()}/ws\n"
+        "    token_env: GALAXY_TRIO_TEST_UNSET_TOKEN\n",
+        encoding="utf-8",
+    )
+    done = _cli("run", str(config), "--once")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: device 'd': token_env: environment variable 'GALAXY_TRIO_TEST_UNSET_TOKEN' is not set;"
+        " it must hold this device's token"
+    )
+
+
+@pytest.mark.parametrize("command", [["run", "config/devices.yaml"], ["status"]])
+def test_redis_without_the_fleet_extra_says_how_to_install_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "glide" else real_find_spec(name, *a)
+    )
+    status, err = _main(capsys, *command, "--redis", "redis://127.0.0.1:1/0")
+    assert status == 2
+    assert err.strip() == ("error: --redis needs the 'fleet' extra (valkey-glide): pip install 'galaxy_trio[fleet]'")
+
+
+def test_an_unexpected_error_is_one_line_that_points_at_v(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(config: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(cli, "load_config", broken)
+    status, err = _main(capsys, "task", "config/devices.yaml", "--device", "x", "echo")
+    assert status == 1
+    assert err.strip() == (
+        "error: unexpected ZeroDivisionError: boom (a bug in galaxy_trio; run again with -v for the traceback"
+        " and report it)"
+    )
+
+
+# --- item 6: --version, -v anywhere, task against a device a running manager drives ---------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"galaxy_trio {galaxy_trio.__version__} (Python ")
+
+
+@pytest.mark.parametrize("args", [["-v", "check", "config/devices.yaml"], ["check", "config/devices.yaml", "-v"]])
+def test_verbose_before_or_after_the_command(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    logging.getLogger().handlers.clear()  # main() configures logging once per process
+    try:
+        assert main(args) == 0
+        assert logging.getLogger().level == logging.DEBUG
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    assert "ok, 3 device(s)" in capsys.readouterr().out
+
+
+async def test_task_on_a_device_that_a_running_manager_drives_says_what_to_do(tmp_path: Path) -> None:
+    from galaxy_trio.config import DeviceConfig
+    from galaxy_trio.manager import ConstellationDeviceManager
+    from galaxy_trio.server import serve_aip
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, host="127.0.0.1", port=0, token="t"))
+        url = f"ws://127.0.0.1:{server.port}/ws?token=t"
+        agent = DeviceAgent(url, "box")
+        nursery.start_soon(agent.run)
+        async with ConstellationDeviceManager() as manager:  # the "running run" holding galaxy_trio@box
+            manager.add_devices([DeviceConfig(device_id="box", server_url=url)])
+            with trio.fail_after(30):
+                assert (await manager.wait_for_device("box")).status.value == "idle"
+            config = tmp_path / "devices.yaml"
+            config.write_text(f"devices:\n  - device_id: box\n    server_url: '{url}'\n    max_retries: 1\n")
+            with trio.fail_after(60):
+                done = await trio.run_process(
+                    [sys.executable, "-m", "galaxy_trio", "task", str(config), "--device", "box", "echo"],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                    cwd=REPO,
+                )
+        nursery.cancel_scope.cancel()
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "already registered" in err
+    assert "python -m galaxy_trio ctl task ID REQUEST --control URL" in err and "Traceback" not in err
+
+
+def test_task_against_a_server_that_is_not_running_says_refused_and_what_to_check(tmp_path: Path) -> None:
+    config = tmp_path / "down.yaml"
+    config.write_text(
+        f"devices:\n  - device_id: d\n    server_url: ws://127.0.0.1:{_free_port()}/ws\n    max_retries: 1\n",
+        encoding="utf-8",
+    )
+    done = _cli("task", str(config), "--device", "d", "echo")
+    assert done.returncode == 1
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: device d is failed: ")
+    assert error.endswith(
+        "; connection refused: is the device's AIP server running? check the host and port of its server_url"
+        " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
+    )
+    assert "Traceback" not in done.stderr
+
+
+async def test_task_with_a_wrong_token_says_token_wrong_or_missing(tmp_path: Path) -> None:
+    from galaxy_trio.server import serve_aip
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, host="127.0.0.1", port=0, token="right"))
+        config = tmp_path / "devices.yaml"
+        config.write_text(
+            f"devices:\n  - device_id: d\n    server_url: 'ws://127.0.0.1:{server.port}/ws?token=wrong'\n"
+        )
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "galaxy_trio", "task", str(config), "--device", "d", "echo"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=REPO,
+            )
+        nursery.cancel_scope.cancel()
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "HTTP 403; the token is wrong or missing: check ?token= in server_url or the token_env variable" in err
+    assert "wrong" not in err.replace("is wrong or missing", "")  # the token itself never shows
+
+
+def test_run_treats_an_unset_failed_retry_interval_as_60_seconds_and_keeps_a_set_one() -> None:
+    import msgspec
+
+    class Settings(msgspec.Struct, frozen=True):  # the agreed ManagerSettings field, whatever else it holds
+        failed_retry_interval: float | None = None
+
+    class Config(msgspec.Struct):
+        manager: Settings
+
+    unset = cli._manager_settings(Config(Settings()))  # type: ignore[arg-type]
+    assert unset.failed_retry_interval == cli.RUN_FAILED_RETRY_INTERVAL == 60.0
+    assert cli._manager_settings(Config(Settings(0.0))).failed_retry_interval == 0.0  # type: ignore[arg-type]
+    assert cli._manager_settings(Config(Settings(5.0))).failed_retry_interval == 5.0  # type: ignore[arg-type]
+
+
+def test_serve_says_when_the_host_is_not_an_address_of_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _main(capsys, "serve", "--host", "192.0.2.1", "--port", "0", "--token", "t")  # TEST-NET-1
+    assert status == 1
+    assert err.strip() == (
+        "error: --host 192.0.2.1 is not an address of this machine; give 127.0.0.1, 0.0.0.0 (every interface)"
+        " or one of its own addresses"
+    )
+
+
+def test_agent_refuses_a_server_url_with_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    status, err = _main(capsys, "agent", "--server", "ws://127.0.0.1:99999/ws", "--device-id", "d")
+    assert status == 2
+    assert err.strip() == "error: --server 'ws://127.0.0.1:99999/ws' has an invalid port; give 1-65535"
+
+
+@pytest.mark.parametrize("command", [["run", "config/devices.yaml"], ["status"]])
+def test_a_bad_redis_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    status, err = _main(capsys, *command, "--redis", "http://127.0.0.1:6379/0")
+    assert status == 2
+    assert err.strip() == (
+        "error: --redis: invalid Redis URL http://127.0.0.1:6379/0: scheme must be one of redis, valkey, rediss,"
+        " valkeys; give redis://HOST:PORT/DB"
+    )

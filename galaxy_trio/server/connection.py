@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import trio
-import trio_websocket
 
 from ..aip import (
     AIPDecodeError,
@@ -55,9 +54,9 @@ class ServerContext:
     driver: SessionDriver
 
 
-async def handle_connection(ctx: ServerContext, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
-    """Serve one accepted WebSocket until it closes; the socket is closed when this returns."""
-    await _Connection(ctx, ws, remote).run()
+async def handle_connection(ctx: ServerContext, link: ServerLink, remote: str) -> None:
+    """Serve one accepted link until it closes; the link is closed when this returns."""
+    await _Connection(ctx, link, remote).run()
 
 
 class _Connection:
@@ -78,9 +77,9 @@ class _Connection:
         "_target",
     )
 
-    def __init__(self, ctx: ServerContext, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
+    def __init__(self, ctx: ServerContext, link: ServerLink, remote: str) -> None:
         self._ctx = ctx
-        self._link = ServerLink(ws)
+        self._link = link
         self._remote = remote
         self._record: ClientRecord | None = None
         self._target: ClientRecord | None = None

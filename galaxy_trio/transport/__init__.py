@@ -6,7 +6,9 @@ Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``
 
 - :mod:`.client`: :func:`open_link`, the client side (manager and agent), on wsproto directly: the task that
   receives reads the socket itself, so an idle link costs one waiting task and no HTTP state.
-- :mod:`.server`: :class:`ServerLink`, the server's side of a trio-websocket connection.
+- :mod:`.server`: :func:`serve_links` (accepts upgrades, ``nursery.start`` style) and :class:`ServerLink`, the
+  server's side, on trio-websocket.
+- :mod:`._errors`: ``map_exceptions``, the error tables every I/O call site here runs under.
 """
 
 from ._link import (
@@ -19,8 +21,8 @@ from ._link import (
     DEFAULT_MAX_FRAME,
     Link,
 )
-from .client import ClientLink, open_link
-from .server import ServerLink
+from .client import ClientLink, LinkState, open_link
+from .server import LinkHandler, LinkRequest, ServerLink, serve_links
 
 __all__ = [
     "CANCELLED_CLOSE_GRACE",
@@ -32,6 +34,10 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "ClientLink",
     "Link",
+    "LinkHandler",
+    "LinkRequest",
+    "LinkState",
     "ServerLink",
     "open_link",
+    "serve_links",
 ]

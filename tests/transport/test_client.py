@@ -36,7 +36,7 @@ from wsproto.frame_protocol import XorMaskerSimple
 
 from galaxy_trio.aip import ClientType, builders, encode_text
 from galaxy_trio.errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed
-from galaxy_trio.transport import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, open_link
+from galaxy_trio.transport import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, LinkState, open_link
 from galaxy_trio.transport.client import _parse
 
 from ._wsserver import GUARD, TOKEN, Peer, Server, client_sockets, connect, serving
@@ -129,10 +129,10 @@ async def test_upgrade_text_both_ways_and_a_closing_handshake(
             await link.send_text("hello from the client ✓")
             await link.send(message)
             assert await link.receive() == "hello from the server ✓"
-            assert not link.closed
+            assert not link.closed and link.state is LinkState.OPEN
             start = trio.current_time()
         assert elapsed_since(start) == pytest.approx(1.0, abs=1e-9)
-        assert link.closed
+        assert link.closed and link.state is LinkState.DROPPED
 
 
 @pytest.mark.parametrize(
@@ -312,7 +312,7 @@ async def test_the_servers_close_is_reported_and_answered(
     with pytest.raises(LinkClosed) as closed:
         await link.receive()
     assert (closed.value.code, closed.value.reason) == (4001, "bye")
-    assert link.closed
+    assert link.closed and link.state is LinkState.DROPPED  # answered and hung up at once
     assert await peer.until_eof() == [("close", 4001, "bye")]
     with pytest.raises(LinkClosed) as late_send:
         await link.send_text("too late")
@@ -552,14 +552,15 @@ async def test_a_send_cut_by_cancellation_ends_the_link_with_no_further_byte(
     with trio.move_on_after(1.0) as deadline:
         await link.send_text("a" * HUGE)
     assert deadline.cancelled_caught
-    assert link.closed
-    with pytest.raises(LinkClosed):
+    assert link.closed and link.state is LinkState.CLOSING  # over, but the socket is only dropped by aclose
+    with pytest.raises(LinkClosed) as late:
         await link.send_text("after the cut")
+    assert (late.value.code, late.value.reason) == (None, "a send was interrupted")
     with pytest.raises(LinkClosed):
         await link.receive()
     start = trio.current_time()
     await link.aclose()
-    assert elapsed_since(start) == 0
+    assert elapsed_since(start) == 0 and link.state is LinkState.DROPPED
     assert_cut_frame_only(await drain(peer), HUGE)
 
 

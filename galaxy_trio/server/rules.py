@@ -13,8 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ..aip import AIPDecodeError, ClientMessage, ClientMessageType, ClientType, decode_client_message, new_id
-from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..aip import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    AIPDecodeError,
+    ClientMessage,
+    ClientMessageType,
+    ClientType,
+    decode_client_message,
+    new_id,
+)
 
 __all__ = [
     "CLIENT_ID_MISMATCH",

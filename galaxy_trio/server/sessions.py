@@ -28,6 +28,7 @@ import msgspec
 import trio
 
 from ..aip import (
+    CLOSE_POLICY_VIOLATION,
     ClientMessage,
     Command,
     Result,
@@ -41,7 +42,6 @@ from ..aip import (
 )
 from ..aip.builders import DEVICE_DISCONNECTED, SERVER_SHUTTING_DOWN
 from ..errors import LinkClosed
-from ..transport import CLOSE_POLICY_VIOLATION
 from .clients import ClientRecord, ClientRegistry, PendingCommand
 from .rules import TaskPlan, agent_name, shown
 from .settings import ServerSettings

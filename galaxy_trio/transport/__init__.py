@@ -9,16 +9,8 @@ Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``
 - :mod:`.server`: :class:`ServerLink`, the server's side of a trio-websocket connection.
 """
 
-from ._link import (
-    CANCELLED_CLOSE_GRACE,
-    CLOSE_GRACE,
-    CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_NORMAL,
-    CLOSE_POLICY_VIOLATION,
-    CLOSE_UNSUPPORTED_DATA,
-    DEFAULT_MAX_FRAME,
-    Link,
-)
+from ..aip.close_codes import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA
+from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, DEFAULT_MAX_FRAME, Link
 from .client import ClientLink, open_link
 from .server import ServerLink
 

@@ -10,12 +10,20 @@ import pytest
 import trio
 import trio.testing
 
-from galaxy_trio.aip import ClientMessage, ClientType, ServerMessage, ServerMessageType, TaskStatus, encode_text
+from galaxy_trio.aip import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    ClientMessage,
+    ClientType,
+    ServerMessage,
+    ServerMessageType,
+    TaskStatus,
+    encode_text,
+)
 from galaxy_trio.server import ServerSettings
 from galaxy_trio.server.clients import ClientRecord, ClientRegistry
 from galaxy_trio.server.rules import TaskPlan
 from galaxy_trio.server.sessions import Outcome, Session, SessionHandle
-from galaxy_trio.transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
 
 
 class FakeLink:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from galaxy_trio import aip, transport
 from galaxy_trio.aip import ClientMessage, ClientMessageType, ClientType, TaskStatus, builders
 from galaxy_trio.server import rules
 from galaxy_trio.server.rules import DeviceInfoAnswer, Registration, Rejection, TaskPlan
@@ -220,3 +223,31 @@ def test_unknown_type_uses_the_wire_value() -> None:
 )
 def test_agent_name(platform: str, agent: str) -> None:
     assert rules.agent_name(platform) == agent
+
+
+# --- layering ------------------------------------------------------------------------------------------------------
+
+
+def test_rules_build_on_the_protocol_layer_only() -> None:
+    """The rules are pure: besides the standard library they import ``aip`` and nothing else of the package (not
+    ``transport``, which would bring the WebSocket libraries in with it)."""
+    tree = ast.parse(Path(rules.__file__).read_text(encoding="utf-8"))
+    package_imports = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    absolute = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+    absolute |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert package_imports == {"aip"}
+    assert absolute == {"__future__", "collections.abc", "dataclasses", "typing"}
+
+
+def test_close_codes_come_from_the_protocol_layer_and_transport_re_exports_them() -> None:
+    codes = {
+        "CLOSE_NORMAL": 1000,
+        "CLOSE_GOING_AWAY": 1001,
+        "CLOSE_UNSUPPORTED_DATA": 1003,
+        "CLOSE_POLICY_VIOLATION": 1008,
+        "CLOSE_MESSAGE_TOO_BIG": 1009,
+    }
+    assert {name: getattr(aip, name) for name in codes} == codes
+    assert set(codes) <= set(aip.__all__)
+    reexported = set(codes) - {"CLOSE_GOING_AWAY"}
+    assert {name: getattr(transport, name) for name in reexported} == {name: codes[name] for name in reexported}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,20 @@ class Client:
     role: ClientType
     target_id: str | None = None
     system_info: dict[str, Any] | None = None
-    session_count: int = 0
+
+
+@dataclass
+class Sessions:
+    """A rules.SessionIndex: who owns which running session id, and how many sessions each device has."""
+
+    owners: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def owner_of(self, session_id: str) -> str | None:
+        return self.owners.get(session_id)
+
+    def count_on(self, device_id: str) -> int:
+        return self.counts.get(device_id, 0)
 
 
 DEVICE = Client("capdev", ClientType.DEVICE, system_info={"device_id": "capdev", "platform": "linux"})
@@ -153,7 +166,7 @@ def test_device_info_rules() -> None:
 def check_task(message: ClientMessage, client: Client, owners: dict[str, str] | None = None, limit: int = 10) -> Any:
     ids = iter(["id-1", "id-2"])
     return rules.check_task(
-        message, client, ONLINE, owners or {}, max_tasks_per_device=limit, make_id=lambda: next(ids)
+        message, client, ONLINE, Sessions(owners or {}), max_tasks_per_device=limit, make_id=lambda: next(ids)
     )
 
 
@@ -197,9 +210,14 @@ def test_request_and_queue_limit() -> None:
     assert check_task(constellation_task(UNSCOPED, "capdev", request=None), UNSCOPED).startswith(
         "Task requests require a non-empty request"
     )
-    busy = {**ONLINE, "capdev": Client("capdev", ClientType.DEVICE, session_count=3)}
-    refused = rules.check_task(constellation_task(UNSCOPED, "capdev"), UNSCOPED, busy, {}, max_tasks_per_device=3)
+    busy = Sessions(counts={"capdev": 3, "bare": 2})
+    refused = rules.check_task(constellation_task(UNSCOPED, "capdev"), UNSCOPED, ONLINE, busy, max_tasks_per_device=3)
     assert refused == "Device 'capdev' already has 3 tasks running or queued (the limit is 3); try again later"
+    # The count is the target device's, not another's; a device's own task counts its own queue.
+    bare = rules.check_task(constellation_task(UNSCOPED, "bare"), UNSCOPED, ONLINE, busy, max_tasks_per_device=3)
+    assert isinstance(bare, TaskPlan)
+    own = ClientMessage(ClientMessageType.TASK, TaskStatus.CONTINUE, request="hostname")
+    assert rules.check_task(own, DEVICE, ONLINE, busy, max_tasks_per_device=3) == refused
 
 
 def test_device_task_rules() -> None:

@@ -82,7 +82,7 @@ class AIPServer:
         record = self._ctx.registry.get(device_id)
         if record is None or record.role is not ClientType.DEVICE:
             return None
-        return record.load()
+        return self._ctx.registry.load(record)
 
     def running_sessions(self) -> dict[str, str]:
         """session_id → the device it runs (or waits) on, for every session not yet ended."""

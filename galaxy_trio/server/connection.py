@@ -263,7 +263,7 @@ class _Connection:
             msg,
             record,
             registry.clients,
-            registry.session_owners,
+            registry,
             max_tasks_per_device=ctx.settings.max_tasks_per_device,
         )
         if isinstance(plan, str):
@@ -343,9 +343,9 @@ class _Connection:
         if self._target is not None:
             self._target.scoped.discard(record)
         # Sessions on this device fail first, so their TASK_END reaches a scoped constellation before its close.
-        for session in list(record.sessions):
+        for session in self._ctx.registry.sessions_on(record):
             session.cancel_device_gone()
-        for session in list(record.owned):
+        for session in self._ctx.registry.sessions_asked_by(record):
             session.cancel_requester_gone()
         for constellation in list(record.scoped):
             if constellation.on_target_gone is not None:

@@ -13,8 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ..aip import AIPDecodeError, ClientMessage, ClientMessageType, ClientType, decode_client_message, new_id
-from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION
+from ..aip import (
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    AIPDecodeError,
+    ClientMessage,
+    ClientMessageType,
+    ClientType,
+    decode_client_message,
+    new_id,
+)
 
 __all__ = [
     "CLIENT_ID_MISMATCH",
@@ -28,6 +36,7 @@ __all__ = [
     "DeviceInfoAnswer",
     "Registration",
     "Rejection",
+    "SessionIndex",
     "TaskPlan",
     "agent_name",
     "check_device_info",
@@ -73,9 +82,17 @@ class ClientView(Protocol):
     def target_id(self) -> str | None: ...
     @property
     def system_info(self) -> dict[str, Any] | None: ...
-    @property
-    def session_count(self) -> int:
-        """Sessions running or queued on this client (as a device)."""
+
+
+class SessionIndex(Protocol):
+    """What the rules need to know about the sessions not yet ended (the registry satisfies it)."""
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The client_id that asked for the session named ``session_id``, or None if none runs under that id."""
+        ...
+
+    def count_on(self, device_id: str) -> int:
+        """Sessions running or queued on the connected device ``device_id``."""
         ...
 
 
@@ -231,7 +248,7 @@ def check_task(
     msg: ClientMessage,
     client: ClientView,
     clients: Mapping[str, ClientView],
-    session_owners: Mapping[str, str],
+    sessions: SessionIndex,
     *,
     max_tasks_per_device: int,
     make_id: Callable[[], str] = new_id,
@@ -260,19 +277,19 @@ def check_task(
         if msg.target_id is not None and msg.target_id != client.client_id:
             return DEVICE_TARGETS_OTHER
         device_id = client.client_id
-        device = client
 
     session_id = msg.session_id if msg.session_id is not None else make_id()
-    owner = session_owners.get(session_id)
+    owner = sessions.owner_of(session_id)
     if owner is not None and owner != client.client_id:
         return f"session_id '{shown(session_id)}' is owned by another client"
     if owner is not None:
         return f"session_id '{shown(session_id)}' already has a task running; wait for its TASK_END"
     if not msg.request:
         return "Task requests require a non-empty request (the task text)"
-    if device.session_count >= max_tasks_per_device:
+    queued = sessions.count_on(device_id)
+    if queued >= max_tasks_per_device:
         return (
-            f"Device '{shown(device_id)}' already has {device.session_count} tasks running or queued "
+            f"Device '{shown(device_id)}' already has {queued} tasks running or queued "
             f"(the limit is {max_tasks_per_device}); try again later"
         )
     task_name = msg.task_name if msg.task_name is not None else make_id()

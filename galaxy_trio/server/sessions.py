@@ -28,6 +28,7 @@ import msgspec
 import trio
 
 from ..aip import (
+    CLOSE_POLICY_VIOLATION,
     ClientMessage,
     Command,
     Result,
@@ -41,12 +42,12 @@ from ..aip import (
 )
 from ..aip.builders import DEVICE_DISCONNECTED, SERVER_SHUTTING_DOWN
 from ..errors import LinkClosed
-from ..transport import CLOSE_POLICY_VIOLATION
 from .clients import ClientRecord, ClientRegistry, PendingCommand
 from .rules import TaskPlan, agent_name, shown
 from .settings import ServerSettings
 
 __all__ = [
+    "CommandChannel",
     "DeviceDisconnected",
     "Session",
     "SessionDriver",
@@ -81,12 +82,13 @@ class DeviceDisconnected(TaskFailed):
         super().__init__(DEVICE_DISCONNECTED)
 
 
-class SessionHandle:
-    """What a session driver sees of its task and its device.
+class CommandChannel:
+    """The server's side of one session's COMMAND traffic with its device.
 
-    Attributes: ``session_id``, ``task_name`` (as the requester gave it, or a uuid4), ``request`` (the task text),
-    ``requester_id``, ``device_id``, ``platform`` and ``system_info`` (from the device's REGISTER; may be None).
-    Tool calls go one COMMAND at a time, as UFO's device executes them.
+    The session owns it: the driver's :class:`SessionHandle` sends tool calls through it, and the session uses it
+    for what no driver may do — the final empty COMMAND and closing the channel once the session has ended (a
+    driver that kept its handle then gets :class:`TaskFailed`, not a COMMAND on someone else's turn). One COMMAND
+    is outstanding at a time, as UFO's device executes them.
     """
 
     __slots__ = (
@@ -94,9 +96,87 @@ class SessionHandle:
         "_closed",
         "_device",
         "_lock",
+        "_session_id",
         "_settings",
         "_unanswered",
         "_wire_task_name",
+    )
+
+    def __init__(self, plan: TaskPlan, device: ClientRecord, settings: ServerSettings) -> None:
+        self._session_id = plan.session_id
+        self._device = device
+        self._settings = settings
+        self._agent_name = agent_name(device.platform)
+        self._wire_task_name = builders.sanitize_task_name(plan.task_name)
+        self._lock = trio.Lock()
+        #: Set when a COMMAND went unanswered: the device's state is unknown, so nothing more is sent to it.
+        self._unanswered: str | None = None
+        self._closed = False
+
+    @property
+    def can_finish(self) -> bool:
+        """Whether the final COMMAND may go out: every COMMAND was answered and the device is still there."""
+        return self._unanswered is None and not self._device.link.closed
+
+    def close(self) -> None:
+        """The session has ended; every later send raises :class:`TaskFailed`."""
+        self._closed = True
+
+    async def send(self, actions: list[Command]) -> list[Result]:
+        """One COMMAND with ``actions`` (their ``call_id`` s already set); one Result per action, in order."""
+        async with self._lock:
+            return await self._exchange(actions)
+
+    async def finish(self) -> None:
+        """UFO's last step: a COMMAND with ``actions: []``, which the device answers with ``action_results: []``."""
+        await self.send([])
+
+    async def _exchange(self, actions: list[Command]) -> list[Result]:
+        if self._closed:
+            raise TaskFailed(f"Session {shown(self._session_id)!r} has ended; its handle cannot send commands any more")
+        if self._unanswered is not None:
+            raise TaskFailed(self._unanswered)
+        device = self._device
+        response_id = new_id()
+        pending = PendingCommand(self._session_id)
+        device.pending[response_id] = pending
+        try:
+            frame = builders.command(
+                session_id=self._session_id,
+                task_name=self._wire_task_name,
+                actions=actions,
+                agent_name=self._agent_name,
+                response_id=response_id,
+            )
+            try:
+                await device.link.send(frame)
+            except LinkClosed:
+                raise DeviceDisconnected() from None
+            with trio.move_on_after(self._settings.command_deadline):
+                await pending.done.wait()
+        finally:
+            device.pending.pop(response_id, None)
+        if pending.results is None:
+            tools = ", ".join(shown(a.tool_name) for a in actions) or "the final COMMAND with no actions"
+            self._unanswered = (
+                f"Device '{shown(device.client_id)}' did not answer the COMMAND ({tools}) "
+                f"within {self._settings.command_deadline:g} s"
+            )
+            raise TaskFailed(self._unanswered)
+        return _match_results(actions, pending.results, device.client_id)
+
+
+class SessionHandle:
+    """What a session driver sees of its task and its device.
+
+    Attributes: ``session_id``, ``task_name`` (as the requester gave it, or a uuid4), ``request`` (the task text),
+    ``requester_id``, ``device_id``, ``platform`` and ``system_info`` (from the device's REGISTER; may be None).
+    Tool calls go one COMMAND at a time, as UFO's device executes them. The server makes one per session; a
+    driver only uses it.
+    """
+
+    __slots__ = (
+        "_commands",
         "device_id",
         "platform",
         "request",
@@ -106,23 +186,17 @@ class SessionHandle:
         "task_name",
     )
 
-    def __init__(self, plan: TaskPlan, requester: ClientRecord, device: ClientRecord, settings: ServerSettings):
+    def __init__(self, plan: TaskPlan, requester_id: str, device: ClientRecord, commands: CommandChannel) -> None:
         self.session_id = plan.session_id
         self.task_name = plan.task_name
         self.request = plan.request
-        self.requester_id = requester.client_id
+        self.requester_id = requester_id
         self.device_id = device.client_id
         self.platform = device.platform
         self.system_info: Mapping[str, Any] | None = (
             MappingProxyType(device.system_info) if device.system_info is not None else None
         )
-        self._device = device
-        self._settings = settings
-        self._agent_name = agent_name(device.platform)
-        self._wire_task_name = builders.sanitize_task_name(plan.task_name)
-        self._lock = trio.Lock()
-        self._unanswered: str | None = None
-        self._closed = False
+        self._commands = commands
 
     def __repr__(self) -> str:
         return f"<SessionHandle {shown(self.session_id)!r} on device {shown(self.device_id)!r}>"
@@ -133,9 +207,7 @@ class SessionHandle:
         Raises :class:`TaskFailed` when the device does not answer within the server's per-command deadline, or
         answers with the wrong number of results; :class:`DeviceDisconnected` when the device is gone.
         """
-        actions = [msgspec.structs.replace(c, call_id=new_id()) for c in commands]
-        async with self._lock:
-            return await self._exchange(actions)
+        return await self._commands.send([msgspec.structs.replace(c, call_id=new_id()) for c in commands])
 
     async def call_tool(
         self,
@@ -160,49 +232,6 @@ class SessionHandle:
                 "not a list of tools"
             )
         return [tool for tool in result.result if isinstance(tool, dict)]
-
-    @property
-    def _can_finish(self) -> bool:
-        return self._unanswered is None and not self._device.link.closed
-
-    async def _finish(self) -> None:
-        """UFO's last step: a COMMAND with ``actions: []``, which the device answers with ``action_results: []``."""
-        async with self._lock:
-            await self._exchange([])
-
-    async def _exchange(self, actions: list[Command]) -> list[Result]:
-        if self._closed:
-            raise TaskFailed(f"Session {shown(self.session_id)!r} has ended; its handle cannot send commands any more")
-        if self._unanswered is not None:
-            raise TaskFailed(self._unanswered)
-        device = self._device
-        response_id = new_id()
-        pending = PendingCommand(self.session_id)
-        device.pending[response_id] = pending
-        try:
-            frame = builders.command(
-                session_id=self.session_id,
-                task_name=self._wire_task_name,
-                actions=actions,
-                agent_name=self._agent_name,
-                response_id=response_id,
-            )
-            try:
-                await device.link.send(frame)
-            except LinkClosed:
-                raise DeviceDisconnected() from None
-            with trio.move_on_after(self._settings.command_deadline):
-                await pending.done.wait()
-        finally:
-            device.pending.pop(response_id, None)
-        if pending.results is None:
-            tools = ", ".join(shown(a.tool_name) for a in actions) or "the final COMMAND with no actions"
-            self._unanswered = (
-                f"Device '{shown(device.client_id)}' did not answer the COMMAND ({tools}) "
-                f"within {self._settings.command_deadline:g} s"
-            )
-            raise TaskFailed(self._unanswered)
-        return _match_results(actions, pending.results, device.client_id)
 
 
 def _match_results(actions: list[Command], results: list[Result], device_id: str) -> list[Result]:
@@ -259,6 +288,7 @@ class Session:
 
     __slots__ = (
         "_cancel_outcome",
+        "_commands",
         "_driver",
         "_entered",
         "_finished",
@@ -281,7 +311,8 @@ class Session:
     ) -> None:
         self.requester = requester
         self.device = device
-        self.handle = SessionHandle(plan, requester, device, settings)
+        self._commands = CommandChannel(plan, device, settings)
+        self.handle = SessionHandle(plan, requester.client_id, device, self._commands)
         self._settings = settings
         self._driver = driver
         self._registry = registry
@@ -301,13 +332,9 @@ class Session:
     def attach(self) -> None:
         """Make the session visible (session_id taken, queued on the device) before the TASK is acked."""
         self._registry.add_session(self)
-        self.device.sessions.add(self)
-        self.requester.owned.add(self)
 
     def detach(self) -> None:
         self._registry.remove_session(self)
-        self.device.sessions.discard(self)
-        self.requester.owned.discard(self)
 
     def cancel_device_gone(self) -> None:
         self._cancel(_DEVICE_GONE)
@@ -374,26 +401,25 @@ class Session:
 
     def _settle(self) -> None:
         """Leave the device's active count and the session tables. Idempotent."""
-        self.handle._closed = True
+        self._commands.close()
         if self._entered:
             self._entered = False
             self.device.leave_session()
         self.detach()
 
     async def _execute(self) -> Outcome:
-        handle = self.handle
         outcome: Outcome
         try:
-            value = await self._driver(handle)
+            value = await self._driver(self.handle)
         except Exception as exc:
             outcome = self._failure(exc)
             if outcome is _DEVICE_GONE:
                 return outcome
         else:
             outcome = _completed(value)
-        if handle._can_finish:
+        if self._commands.can_finish:
             try:
-                await handle._finish()
+                await self._commands.finish()
             except TaskFailed as exc:
                 failure = self._failure(exc)
                 if failure is _DEVICE_GONE or outcome.status is TaskStatus.COMPLETED:

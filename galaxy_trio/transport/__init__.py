@@ -11,16 +11,8 @@ Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``
 - :mod:`._errors`: ``map_exceptions``, the error tables every I/O call site here runs under.
 """
 
-from ._link import (
-    CANCELLED_CLOSE_GRACE,
-    CLOSE_GRACE,
-    CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_NORMAL,
-    CLOSE_POLICY_VIOLATION,
-    CLOSE_UNSUPPORTED_DATA,
-    DEFAULT_MAX_FRAME,
-    Link,
-)
+from ..aip.close_codes import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA
+from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, DEFAULT_MAX_FRAME, Link
 from .client import ClientLink, LinkState, open_link
 from .server import LinkHandler, LinkRequest, ServerLink, serve_links
 

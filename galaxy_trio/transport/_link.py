@@ -1,18 +1,18 @@
-"""What every AIP link offers, whichever WebSocket implementation carries it, and the constants they share."""
+"""What every AIP link offers, whichever WebSocket implementation carries it, and the bounds they share.
+
+Close codes are a protocol decision and live in :mod:`galaxy_trio.aip.close_codes`.
+"""
 
 from __future__ import annotations
 
 from typing import Final, Protocol
 
 from ..aip import ClientMessage, ServerMessage
+from ..aip.close_codes import CLOSE_NORMAL
 
 __all__ = [
     "CANCELLED_CLOSE_GRACE",
     "CLOSE_GRACE",
-    "CLOSE_MESSAGE_TOO_BIG",
-    "CLOSE_NORMAL",
-    "CLOSE_POLICY_VIOLATION",
-    "CLOSE_UNSUPPORTED_DATA",
     "DEFAULT_MAX_FRAME",
     "Link",
 ]
@@ -26,12 +26,6 @@ CLOSE_GRACE: Final = 2.0
 
 #: The same bound when the closing task is already cancelled (the peer's reply can no longer be read).
 CANCELLED_CLOSE_GRACE: Final = 0.05
-
-#: WebSocket close codes used by galaxy_trio.
-CLOSE_NORMAL: Final = 1000
-CLOSE_UNSUPPORTED_DATA: Final = 1003
-CLOSE_POLICY_VIOLATION: Final = 1008
-CLOSE_MESSAGE_TOO_BIG: Final = 1009
 
 
 class Link(Protocol):

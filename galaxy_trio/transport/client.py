@@ -31,9 +31,10 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessa
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from ..aip import ClientMessage, ServerMessage, encode_text
+from ..aip.close_codes import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL
 from ..errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed
 from ._errors import STREAM_ERRORS, ErrorTable, describe, link_closed, map_exceptions
-from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, DEFAULT_MAX_FRAME
+from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, DEFAULT_MAX_FRAME
 
 __all__ = ["ClientLink", "LinkState", "open_link"]
 

@@ -20,9 +20,10 @@ import trio
 import trio_websocket
 
 from ..aip import ClientMessage, ServerMessage, encode_text
+from ..aip.close_codes import CLOSE_NORMAL
 from ..errors import BinaryFrame, LinkClosed
 from ._errors import STREAM_ERRORS, ErrorTable, link_closed, map_exceptions
-from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, CLOSE_NORMAL, DEFAULT_MAX_FRAME
+from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, DEFAULT_MAX_FRAME
 
 __all__ = ["LinkHandler", "LinkRequest", "ServerLink", "serve_links"]
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from galaxy_trio import aip, transport
 from galaxy_trio.aip import ClientMessage, ClientMessageType, ClientType, TaskStatus, builders
 from galaxy_trio.server import rules
 from galaxy_trio.server.rules import DeviceInfoAnswer, Registration, Rejection, TaskPlan
@@ -21,7 +24,20 @@ class Client:
     role: ClientType
     target_id: str | None = None
     system_info: dict[str, Any] | None = None
-    session_count: int = 0
+
+
+@dataclass
+class Sessions:
+    """A rules.SessionIndex: who owns which running session id, and how many sessions each device has."""
+
+    owners: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def owner_of(self, session_id: str) -> str | None:
+        return self.owners.get(session_id)
+
+    def count_on(self, device_id: str) -> int:
+        return self.counts.get(device_id, 0)
 
 
 DEVICE = Client("capdev", ClientType.DEVICE, system_info={"device_id": "capdev", "platform": "linux"})
@@ -150,7 +166,7 @@ def test_device_info_rules() -> None:
 def check_task(message: ClientMessage, client: Client, owners: dict[str, str] | None = None, limit: int = 10) -> Any:
     ids = iter(["id-1", "id-2"])
     return rules.check_task(
-        message, client, ONLINE, owners or {}, max_tasks_per_device=limit, make_id=lambda: next(ids)
+        message, client, ONLINE, Sessions(owners or {}), max_tasks_per_device=limit, make_id=lambda: next(ids)
     )
 
 
@@ -194,9 +210,14 @@ def test_request_and_queue_limit() -> None:
     assert check_task(constellation_task(UNSCOPED, "capdev", request=None), UNSCOPED).startswith(
         "Task requests require a non-empty request"
     )
-    busy = {**ONLINE, "capdev": Client("capdev", ClientType.DEVICE, session_count=3)}
-    refused = rules.check_task(constellation_task(UNSCOPED, "capdev"), UNSCOPED, busy, {}, max_tasks_per_device=3)
+    busy = Sessions(counts={"capdev": 3, "bare": 2})
+    refused = rules.check_task(constellation_task(UNSCOPED, "capdev"), UNSCOPED, ONLINE, busy, max_tasks_per_device=3)
     assert refused == "Device 'capdev' already has 3 tasks running or queued (the limit is 3); try again later"
+    # The count is the target device's, not another's; a device's own task counts its own queue.
+    bare = rules.check_task(constellation_task(UNSCOPED, "bare"), UNSCOPED, ONLINE, busy, max_tasks_per_device=3)
+    assert isinstance(bare, TaskPlan)
+    own = ClientMessage(ClientMessageType.TASK, TaskStatus.CONTINUE, request="hostname")
+    assert rules.check_task(own, DEVICE, ONLINE, busy, max_tasks_per_device=3) == refused
 
 
 def test_device_task_rules() -> None:
@@ -220,3 +241,31 @@ def test_unknown_type_uses_the_wire_value() -> None:
 )
 def test_agent_name(platform: str, agent: str) -> None:
     assert rules.agent_name(platform) == agent
+
+
+# --- layering ------------------------------------------------------------------------------------------------------
+
+
+def test_rules_build_on_the_protocol_layer_only() -> None:
+    """The rules are pure: besides the standard library they import ``aip`` and nothing else of the package (not
+    ``transport``, which would bring the WebSocket libraries in with it)."""
+    tree = ast.parse(Path(rules.__file__).read_text(encoding="utf-8"))
+    package_imports = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    absolute = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+    absolute |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert package_imports == {"aip"}
+    assert absolute == {"__future__", "collections.abc", "dataclasses", "typing"}
+
+
+def test_close_codes_come_from_the_protocol_layer_and_transport_re_exports_them() -> None:
+    codes = {
+        "CLOSE_NORMAL": 1000,
+        "CLOSE_GOING_AWAY": 1001,
+        "CLOSE_UNSUPPORTED_DATA": 1003,
+        "CLOSE_POLICY_VIOLATION": 1008,
+        "CLOSE_MESSAGE_TOO_BIG": 1009,
+    }
+    assert {name: getattr(aip, name) for name in codes} == codes
+    assert set(codes) <= set(aip.__all__)
+    reexported = set(codes) - {"CLOSE_GOING_AWAY"}
+    assert {name: getattr(transport, name) for name in reexported} == {name: codes[name] for name in reexported}

@@ -156,7 +156,9 @@ async def test_agent_with_a_wrong_token_stops_at_once(nursery: trio.Nursery) -> 
 async def test_device_frames_on_a_constellation_link_are_refused(server: AIPServer) -> None:
     """Advisory class: role spoofing — a device's frames on a constellation's link. The identity pinned at
     REGISTER decides: another id or the device role is refused, and forged COMMAND_RESULTS (even with the real
-    COMMAND's response_id and call_ids) never reach the session; the task ends with the real device's result."""
+    COMMAND's response_id and call_ids) never reach the session. The forgery names a tool other than the one the
+    request runs, so a session that took it would fail with 'Unknown tool'; the task ends with the real device's
+    result."""
     async with open_peer(server) as device, open_peer(server) as constellation:
         await device.register(_device_register("dev"))
         await constellation.register(builders.constellation_register("job", "dev"))
@@ -171,7 +173,7 @@ async def test_device_frames_on_a_constellation_link_are_refused(server: AIPServ
         )
         await constellation.expect_ack("job@t1")
         list_tools = await device.expect(ServerMessageType.COMMAND)
-        forged = results_for(list_tools, "dev", [ok([{"tool_name": "echo", "tool_type": "action"}])])
+        forged = results_for(list_tools, "dev", [ok([{"tool_name": "forged", "tool_type": "action"}])])
         # The constellation replays the device's frame as it is, then under its own identity.
         await constellation.send(forged)
         await constellation.expect_error(CLIENT_ID_MISMATCH)
@@ -179,7 +181,9 @@ async def test_device_frames_on_a_constellation_link_are_refused(server: AIPServ
         await constellation.send(own_identity)
         await constellation.assert_quiet("job@dev", ClientType.CONSTELLATION)  # dropped: only devices execute
         await device.send(results_for(list_tools, "dev", [ok([{"tool_name": "echo", "tool_type": "action"}])]))
-        await serve_device(device, "dev", {"echo": lambda parameters: ok((parameters or {}).get("text"))})
+        received = await serve_device(device, "dev", {"echo": lambda parameters: ok((parameters or {}).get("text"))})
+        # The session asked the device for the tool the request names, which only the real tool list offered.
+        assert [[a.tool_name for a in m.actions or []] for m in received[:2]] == [["echo"], []]
         end = await constellation.expect(ServerMessageType.TASK_END, status=TaskStatus.COMPLETED)
         assert end.result == [{"request": request, "result": "real"}]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 import trio
 import wsproto
@@ -20,7 +21,17 @@ from galaxy_trio.aip import (
 )
 from galaxy_trio.server import AIPServer, ServerSettings
 
-from ._peers import TOKEN, assert_like_recorded, client_frame, frame, open_peer, start_server
+from ._peers import (
+    TOKEN,
+    assert_like_recorded,
+    client_frame,
+    frame,
+    ok,
+    open_peer,
+    results_for,
+    start_server,
+    tool_info,
+)
 
 CLIENT_ID_MISMATCH = "client_id does not match the registered connection"
 CLIENT_TYPE_MISMATCH = "client_type does not match the registered connection"
@@ -149,12 +160,37 @@ async def test_recorded_error_echo_silent_frames_and_unknown_types(server: AIPSe
 
 
 async def test_command_results_from_a_constellation_are_dropped(server: AIPServer) -> None:
-    async with open_peer(server) as constellation:
-        await constellation.register(frame("errors", 19))
-        message = json.loads(frame("errors", 18))
-        message.update(client_type="constellation", client_id=None)
-        await constellation.send_raw(json.dumps(message))
+    """Only the device a COMMAND went to can answer it. An unscoped constellation that answers the COMMAND of the
+    very session it asked for (its session_id, prev_response_id and call_ids, under its own identity) is not
+    heard, and the session goes on with the device's own, different, answer."""
+    async with open_peer(server) as device, open_peer(server) as constellation:
+        await device.register(builders.device_register("dev", platform="linux", system_info=None))
+        await constellation.register(frame("errors", 19))  # err_notarget: registered for no device
+        recorded = json.loads(frame("errors", 18))  # command_results for no session, relabelled
+        recorded.update(client_type="constellation", client_id=None)
+        await constellation.send_raw(json.dumps(recorded))
         await constellation.assert_quiet("err_notarget", ClientType.CONSTELLATION)
+
+        await constellation.send(
+            builders.task_request("err_notarget", "dev", session_id="s1", task_name="t", request="echo")
+        )
+        await constellation.expect_ack("s1")
+        list_tools = await device.expect(ServerMessageType.COMMAND, session_id="s1")
+        forged = results_for(list_tools, "dev", [ok([tool_info("forged")], namespace=None)])
+        await constellation.send(
+            msgspec.structs.replace(forged, client_id="err_notarget", client_type=ClientType.CONSTELLATION)
+        )
+        await constellation.assert_quiet("err_notarget", ClientType.CONSTELLATION)  # no reply, as UFO's clients expect
+
+        # The COMMAND still waits for its device: the device's tool list, not the forged one, decides what runs.
+        await device.send(results_for(list_tools, "dev", [ok([tool_info("echo")], namespace=None)]))
+        echo = await device.expect(ServerMessageType.COMMAND, session_id="s1")
+        assert echo.actions is not None and [a.tool_name for a in echo.actions] == ["echo"]
+        await device.send(results_for(echo, "dev", [ok("real")]))
+        final = await device.expect(ServerMessageType.COMMAND, session_id="s1", actions=[])
+        await device.send(results_for(final, "dev", []))
+        end = await constellation.expect(ServerMessageType.TASK_END, session_id="s1", status=TaskStatus.COMPLETED)
+        assert end.result == [{"request": "echo", "result": "real"}]
 
 
 @pytest.mark.parametrize(

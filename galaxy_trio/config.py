@@ -110,6 +110,14 @@ def _positive_seconds(value: float) -> str | None:
     return None
 
 
+def _non_negative_seconds(value: float) -> str | None:
+    if not math.isfinite(value):
+        return f"must be a finite number of seconds, got {value}"
+    if value < 0:
+        return f"must be >= 0 seconds (0 disables it), got {value}"
+    return None
+
+
 def _at_least_one(value: int) -> str | None:
     return None if value >= 1 else f"must be >= 1, got {value}"
 
@@ -192,6 +200,8 @@ _KIND_NAMES = {
     "float": "a number",
     "str": "a string",
     "opt_str": "a string",
+    "opt_float": "a number",
+    "opt_int": "an integer",
     "str_tuple": "a list of strings",
     "mapping": "a mapping",
 }
@@ -208,6 +218,8 @@ _MANAGER_RULES: dict[str, _Rule] = {
     "task_timeout": _Rule("float", _positive_seconds),
     "task_queue_size": _Rule("int", _at_least_one),
     "event_buffer": _Rule("int", _at_least_one),
+    "failed_retry_interval": _Rule("opt_float", _non_negative_seconds),
+    "max_concurrent_tasks": _Rule("opt_int", _at_least_one),
 }
 
 _DEVICE_RULES: dict[str, _Rule] = {
@@ -251,10 +263,10 @@ def _type_problem(kind: str, value: object) -> str | None:
     """Strict type check: no string-to-number, no bool-as-int, no number-as-string."""
     if kind == "bool":
         ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind in ("int", "opt_int"):
+        ok = (value is None and kind == "opt_int") or (isinstance(value, int) and not isinstance(value, bool))
+    elif kind in ("float", "opt_float"):
+        ok = (value is None and kind == "opt_float") or (isinstance(value, int | float) and not isinstance(value, bool))
     elif kind == "str":
         ok = isinstance(value, str)
     elif kind == "opt_str":
@@ -302,7 +314,7 @@ def _struct_problems(struct: msgspec.Struct, rules: dict[str, _Rule], device: st
         message = _field_problem(rule, value)
         if message is not None:
             problems.append(ConfigProblem(message=message, device=device, field=name))
-        elif rule.kind == "float" and isinstance(value, int):
+        elif rule.kind in ("float", "opt_float") and isinstance(value, int):
             msgspec.structs.force_setattr(struct, name, float(value))
     return problems
 
@@ -324,6 +336,10 @@ class ManagerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     task_timeout: float = 300.0
     task_queue_size: int = 16
     event_buffer: int = 1024
+    #: None: FAILED devices stay FAILED (the library's default); 0: never re-probe; > 0: re-try every that many s.
+    failed_retry_interval: float | None = None
+    #: A limit on tasks running at once across the whole manager; None: no limit.
+    max_concurrent_tasks: int | None = None
 
     def __post_init__(self) -> None:
         if _PRECHECKED.get():
@@ -739,7 +755,7 @@ class _Loader:
                 self.problem(owner_line, "required field missing", field=path, device=device)
             return None
         node = entry[1]
-        if _is_null(node) and rule.kind == "opt_str":
+        if _is_null(node) and rule.kind.startswith("opt_"):
             return None
         if rule.kind == "str_tuple" and isinstance(node, SequenceNode):
             value: Any = self.string_list(node, path, device)
@@ -753,7 +769,7 @@ class _Loader:
         if message is not None:
             self.problem(_line(node), message, field=path, device=device)
             return None
-        if rule.kind == "float":
+        if rule.kind in ("float", "opt_float"):
             return float(value)
         return value
 

@@ -10,6 +10,7 @@ from .device_info import DeviceInfoProvider, SystemProbes, detect_ip_address, mi
 from .errors import (
     AgentStopped,
     AuthenticationRejected,
+    HandshakeRefused,
     LinkDead,
     ProtocolViolation,
     RegistrationRejected,
@@ -34,6 +35,7 @@ __all__ = [
     "AuthenticationRejected",
     "DeviceAgent",
     "DeviceInfoProvider",
+    "HandshakeRefused",
     "LinkDead",
     "ParameterError",
     "ProtocolViolation",

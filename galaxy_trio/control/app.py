@@ -1,0 +1,293 @@
+"""The control API and dashboard as a Starlette app (ASGI; served on trio by :mod:`.server`).
+
+Every route but ``/healthz``, ``/readyz`` and the dashboard's static files needs ``Authorization: Bearer
+<token>``; without it the answer is 401 and no data. Handlers only read snapshots and call the manager's public
+methods: the manager never waits for the control plane (events reach it through bounded subscriptions).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.resources import files
+from typing import Any, Final
+
+import msgspec
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..manager import (
+    ConstellationDeviceManager,
+    DeviceNotConnected,
+    DeviceStatus,
+    DuplicateTaskId,
+    TaskQueueFull,
+    TaskRefused,
+    UnknownDevice,
+)
+from . import sse
+from .auth import ControlToken
+from .metrics import CONTENT_TYPE, ControlMetrics
+from .state import DeviceState, StateTracker
+from .tasks import TaskBoard, TaskRecord, TaskSpec
+from .view import device_row
+
+__all__ = ["ControlContext", "build_app"]
+
+#: A comment line this often keeps an idle stream open through proxies and lets the client notice a dead one.
+SSE_KEEPALIVE: Final = 15.0
+
+_STATIC: Final = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
+_ON_THE_WAY: Final = frozenset({DeviceStatus.CONNECTING, DeviceStatus.CONNECTED, DeviceStatus.REGISTERING})
+
+
+def _settling(state: DeviceState) -> bool:
+    """In an attempt, or DISCONNECTED between two attempts of a streak (backing off)."""
+    return state.status in _ON_THE_WAY or (state.status is DeviceStatus.DISCONNECTED and state.attempt > 0)
+
+
+class ControlContext:
+    """What the handlers share: the manager, the token, the metrics, the tasks and the state tracker."""
+
+    def __init__(
+        self,
+        manager: ConstellationDeviceManager,
+        token: ControlToken,
+        metrics: ControlMetrics,
+        tasks: TaskBoard,
+        tracker: StateTracker,
+        nursery: trio.Nursery,
+        sse_buffer: int,
+    ) -> None:
+        self.manager = manager
+        self.sse_buffer = sse_buffer
+        self.token = token
+        self.metrics = metrics
+        self.tasks = tasks
+        self.tracker = tracker
+        self.nursery = nursery
+
+    def states(self) -> dict[str, DeviceState]:
+        return self.tracker.states()
+
+    def device(self, device_id: str, now: float) -> dict[str, Any] | None:
+        profile = self.manager.get_device_info(device_id)
+        if profile is None:
+            return None
+        return device_row(profile, self.states().get(device_id), now)
+
+    def devices(self, now: float) -> list[dict[str, Any]]:
+        states = self.states()
+        return [device_row(p, states.get(i), now) for i, p in self.manager.get_all_devices().items()]
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+def _refusal(exc: Exception) -> Response:
+    """The library's refusal as a 4xx, with its own message."""
+    if isinstance(exc, UnknownDevice):
+        return _error(404, str(exc))
+    if isinstance(exc, TaskQueueFull):
+        return _error(429, str(exc))
+    if isinstance(exc, DeviceNotConnected | DuplicateTaskId | TaskRefused):
+        return _error(409, str(exc))
+    raise exc
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def build_app(ctx: ControlContext) -> Starlette:
+    """The Starlette app for one manager."""
+
+    def authed(handler: Callable[[Request, ControlContext], Awaitable[Response]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            if not ctx.token.accepts(request.headers.get("authorization")):
+                return Response(
+                    b'{"error":"missing or wrong bearer token"}',
+                    status_code=401,
+                    media_type="application/json",
+                    headers={"WWW-Authenticate": 'Bearer realm="galaxy_trio"'},
+                )
+            return await handler(request, ctx)
+
+        return endpoint
+
+    routes = [
+        Route("/healthz", _healthz),
+        Route("/readyz", _readyz_of(ctx)),
+        Route("/metrics", authed(_metrics)),
+        Route("/api/devices", authed(_devices)),
+        Route("/api/devices/{device_id}", authed(_device)),
+        Route("/api/devices/{device_id}/connect", authed(_connect), methods=["POST"]),
+        Route("/api/devices/{device_id}/disconnect", authed(_disconnect), methods=["POST"]),
+        Route("/api/tasks", authed(_post_task), methods=["POST"]),
+        Route("/api/tasks/{task_id}", authed(_get_task)),
+        Route("/api/events", authed(_events)),
+    ]
+    routes += [Route(path, _static_of(name, media)) for path, (name, media) in _STATIC.items()]
+    return Starlette(routes=routes)
+
+
+def _static_of(name: str, media_type: str) -> Handler:
+    body = files(__package__).joinpath("static", name).read_bytes()
+
+    async def static(_request: Request) -> Response:
+        # The dashboard shell holds no data (it asks for the token, then calls the API): served without auth.
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    return static
+
+
+async def _healthz(_request: Request) -> Response:
+    return Response(b"ok\n", media_type="text/plain")
+
+
+def _readyz_of(ctx: ControlContext) -> Handler:
+    async def readyz(_request: Request) -> Response:
+        """Ready once no device is on its way up: each is IDLE, BUSY, FAILED, or stopped (not backing off)."""
+        settling = sum(1 for s in ctx.states().values() if _settling(s))
+        if settling:
+            return Response(b"not ready\n", status_code=503, media_type="text/plain")
+        return Response(b"ready\n", media_type="text/plain")
+
+    return readyz
+
+
+async def _metrics(_request: Request, ctx: ControlContext) -> Response:
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _devices(_request: Request, ctx: ControlContext) -> Response:
+    return _json(ctx.devices(time.time()))
+
+
+async def _device(request: Request, ctx: ControlContext) -> Response:
+    device_id = request.path_params["device_id"]
+    row = ctx.device(device_id, time.time())
+    if row is None:
+        return _refusal(UnknownDevice(device_id, ctx.manager.get_all_devices()))
+    return _json(row)
+
+
+def _wants_wait(request: Request) -> bool:
+    return request.query_params.get("wait", "true").lower() not in ("false", "0", "no")
+
+
+async def _connect(request: Request, ctx: ControlContext) -> Response:
+    """Bring a FAILED or never-connected device back; waits until it settles unless ``?wait=false``."""
+    device_id = request.path_params["device_id"]
+    if ctx.manager.get_device_info(device_id) is None:
+        return _refusal(UnknownDevice(device_id, ctx.manager.get_all_devices()))
+    if _wants_wait(request):
+        await ctx.manager.connect_device(device_id)
+    else:
+        ctx.nursery.start_soon(ctx.manager.connect_device, device_id)
+        await trio.lowlevel.checkpoint()
+    return _json(ctx.device(device_id, time.time()), 200 if _wants_wait(request) else 202)
+
+
+async def _disconnect(request: Request, ctx: ControlContext) -> Response:
+    device_id = request.path_params["device_id"]
+    try:
+        await ctx.manager.disconnect_device(device_id)
+    except UnknownDevice as exc:
+        return _refusal(exc)
+    return _json(ctx.device(device_id, time.time()))
+
+
+def _task_body(record: TaskRecord) -> tuple[Any, int]:
+    if record.result is not None:
+        return record.result, 200
+    return {"task_id": record.task_id, "device_id": record.device_id, "status": "pending"}, 202
+
+
+async def _post_task(request: Request, ctx: ControlContext) -> Response:
+    """Run a task: ``{device_id, request, task_id?, timeout?, task_data?}``; the TaskResult, or 202 + id."""
+    try:
+        spec = msgspec.json.decode(await request.body(), type=TaskSpec)
+    except msgspec.DecodeError as exc:
+        return _error(400, f"bad task request: {exc}")
+    if spec.timeout is not None and not spec.timeout > 0:
+        return _error(400, f"bad task request: timeout must be a positive number of seconds, got {spec.timeout}")
+    record = ctx.tasks.start(spec)
+    await (record.done.wait() if _wants_wait(request) else record.accepted.wait())
+    if record.refusal is not None:
+        return _refusal(record.refusal)
+    body, status = _task_body(record)
+    return _json(body, status)
+
+
+async def _get_task(request: Request, ctx: ControlContext) -> Response:
+    """A task's TaskResult (200), or 202 while it runs; ``?wait=true`` waits for the result."""
+    task_id = request.path_params["task_id"]
+    record = ctx.tasks.get(task_id)
+    if record is None:
+        return _error(404, f"no task {task_id!r} started through this control server (or it finished long ago)")
+    if request.query_params.get("wait", "false").lower() in ("true", "1", "yes"):
+        await record.done.wait()
+    body, status = _task_body(record)
+    return _json(body, status)
+
+
+async def _events(_request: Request, ctx: ControlContext) -> Response:
+    """The manager's events as SSE: a ``snapshot`` first, then one message per event (with the device's row).
+
+    Each client has its own bounded subscription: a client that reads slowly, or not at all, only loses events
+    itself (the manager never waits); what it lost is counted in the metrics, and announced to it as a
+    ``dropped`` message followed by a fresh ``snapshot`` so that it can catch up.
+    """
+    subscription = ctx.manager.subscribe(ctx.sse_buffer)
+    ctx.metrics.watch("sse", subscription)
+
+    async def stream() -> AsyncIterator[bytes]:
+        ctx.metrics.sse_clients.inc()
+        announced = 0
+        sequence = 0
+        try:
+            with subscription:
+                yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
+                while True:
+                    event = None
+                    ended = False
+                    with trio.move_on_after(SSE_KEEPALIVE):
+                        try:
+                            event = await subscription.receive()
+                        except trio.EndOfChannel:
+                            ended = True
+                    if ended:
+                        yield sse.frame("closed", b'{"reason":"manager closed"}')
+                        return
+                    if event is None:
+                        yield sse.comment("keepalive")
+                        continue
+                    if subscription.dropped > announced:
+                        ctx.metrics.count_drops(subscription)
+                        announced = subscription.dropped
+                        yield sse.frame("dropped", msgspec.json.encode({"dropped": announced}))
+                        yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
+                    sequence += 1
+                    payload = {"event": event, "device": ctx.device(event.device_id, time.time())}
+                    yield sse.frame(event.kind.value, msgspec.json.encode(payload), sequence)
+        finally:
+            ctx.metrics.unwatch(subscription)
+            ctx.metrics.sse_clients.dec()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -85,7 +85,7 @@ async def serve_control(
             config = HypercornConfig()
             config.bind = [f"{format_host(host)}:{port}"]
             config.accesslog = None  # request lines are never logged (an Authorization header never is anyway)
-            config.errorlog = logging.getLogger("galaxy_trio.control.http")
+            config.errorlog = _http_log()
             config.graceful_timeout = 1.0
             # Starlette's __call__ is typed with its own Scope/Receive/Send aliases; the protocol is the same ASGI 3.
             app = cast(ASGIFramework, build_app(ctx))
@@ -105,6 +105,14 @@ async def _follow(events: EventSubscription, ctx: ControlContext) -> None:
         ctx.tracker.observe(event)
         ctx.metrics.observe(event)
         ctx.tasks.observe(event)
+
+
+def _http_log() -> logging.Logger:
+    """Hypercorn's own log: warnings and errors only unless configured (its "Running on …" repeats our line)."""
+    log = logging.getLogger("galaxy_trio.control.http")
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.WARNING)
+    return log
 
 
 def _listen_error(exc: BaseException, host: str, port: int) -> BaseException:

@@ -33,6 +33,9 @@ class Rig:
     agents: dict[str, trio.CancelScope] = field(default_factory=dict)
     #: The agents' ``hold`` tool returns once the test sets the gate of that name.
     gates: defaultdict[str, trio.Event] = field(default_factory=lambda: defaultdict(trio.Event))
+    #: The control server's cancel scope, and an event set once it has stopped.
+    control: tuple[trio.CancelScope, trio.Event] = field(default_factory=lambda: (trio.CancelScope(), trio.Event()))
+    sse_buffer: int = 256
 
     @property
     def url(self) -> str:
@@ -56,6 +59,17 @@ class Rig:
         agent.tools.add(hold, tool_type="action")
         await self.nursery.start(_run_agent, scope, agent)
 
+    async def stop_control(self) -> None:
+        """Stop the control server (as a manager restart would) and wait until its port is free."""
+        scope, stopped = self.control
+        scope.cancel()
+        await stopped.wait()
+
+    async def start_control(self) -> None:
+        """Serve the control plane again, on the same port and with the same token."""
+        port = int(self.endpoint.url.rstrip("/").rsplit(":", 1)[1])
+        self.endpoint, self.control = await _start_control(self.nursery, self.manager, port, self.sse_buffer)
+
     def kill_agent(self, device_id: str) -> None:
         self.agents.pop(device_id).cancel()
 
@@ -72,6 +86,25 @@ class Rig:
 async def _run_agent(scope: trio.CancelScope, agent: DeviceAgent, *, task_status: trio.TaskStatus[None]) -> None:
     with scope:
         await agent.run(task_status=task_status)
+
+
+async def _start_control(
+    nursery: trio.Nursery, manager: ConstellationDeviceManager, port: int, sse_buffer: int
+) -> tuple[ControlEndpoint, tuple[trio.CancelScope, trio.Event]]:
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[ControlEndpoint]) -> None:
+        try:
+            with scope:
+                await serve_control(
+                    manager, port=port, token=CONTROL_TOKEN, sse_buffer=sse_buffer, task_status=task_status
+                )
+        finally:
+            stopped.set()
+
+    endpoint: ControlEndpoint = await nursery.start(serve)
+    return endpoint, (scope, stopped)
 
 
 def device(device_id: str, url: str, **fields: object) -> DeviceConfig:
@@ -95,10 +128,8 @@ async def open_rig(
         async with ConstellationDeviceManager(
             task_name="ctl", reconnect_delay=0.05, backoff_cap=0.2, heartbeat_interval=30.0
         ) as manager:
-            endpoint = await nursery.start(
-                partial(serve_control, manager, port=0, token=CONTROL_TOKEN, sse_buffer=sse_buffer)
-            )
-            rig = Rig(manager, endpoint, aip_url, nursery)
+            endpoint, control = await _start_control(nursery, manager, 0, sse_buffer)
+            rig = Rig(manager, endpoint, aip_url, nursery, control=control, sse_buffer=sse_buffer)
             for device_id in (*device_ids, *dormant):
                 await rig.start_agent(device_id)
             for device_id in device_ids:

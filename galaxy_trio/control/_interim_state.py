@@ -10,7 +10,7 @@ import time
 
 import msgspec
 
-from ..manager import ConstellationDeviceManager, DeviceEvent, DeviceStatus, EventKind
+from ..manager import AgentProfile, ConstellationDeviceManager, DeviceEvent, DeviceStatus, EventKind
 
 __all__ = ["DeviceState", "StateTracker"]
 
@@ -59,20 +59,24 @@ class StateTracker:
         elif event.kind in (EventKind.TASK_STARTED, EventKind.TASK_FINISHED) and event.task_id:
             d.queued.discard(event.task_id)
 
+    def state(self, device_id: str) -> DeviceState | None:
+        p = self._manager.get_device_info(device_id)
+        return None if p is None else self._state(device_id, p)
+
     def states(self) -> dict[str, DeviceState]:
-        out: dict[str, DeviceState] = {}
-        for device_id, p in self._manager.get_all_devices().items():
-            d = self._derived.get(device_id) or _Derived()
-            out[device_id] = DeviceState(
-                device_id=device_id,
-                status=p.status,
-                phase=d.phase,
-                attempt=p.connection_attempts,
-                phase_since=d.phase_since,
-                last_heartbeat_at=p.last_heartbeat.timestamp() if p.last_heartbeat else None,
-                failure_reason=p.failure_reason,
-                queue_depth=len(d.queued),
-                current_task=p.current_task_id,
-                idle_since=d.idle_since,
-            )
-        return out
+        return {device_id: self._state(device_id, p) for device_id, p in self._manager.get_all_devices().items()}
+
+    def _state(self, device_id: str, p: AgentProfile) -> DeviceState:
+        d = self._derived.get(device_id) or _Derived()
+        return DeviceState(
+            device_id=device_id,
+            status=p.status,
+            phase=d.phase,
+            attempt=p.connection_attempts,
+            phase_since=d.phase_since,
+            last_heartbeat_at=p.last_heartbeat.timestamp() if p.last_heartbeat else None,
+            failure_reason=p.failure_reason,
+            queue_depth=len(d.queued),
+            current_task=p.current_task_id,
+            idle_since=d.idle_since,
+        )

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from ..manager import (
     ConstellationDeviceManager,
+    DeviceEvent,
     DeviceNotConnected,
     DeviceStatus,
     DuplicateTaskId,
@@ -30,6 +31,7 @@ from ..manager import (
 )
 from . import sse
 from .auth import ControlToken
+from .broadcast import Broadcast, QueueClosed
 from .metrics import CONTENT_TYPE, ControlMetrics
 from .state import DeviceState, StateTracker
 from .tasks import TaskBoard, TaskRecord, TaskSpec
@@ -39,6 +41,9 @@ __all__ = ["ControlContext", "build_app"]
 
 #: A comment line this often keeps an idle stream open through proxies and lets the client notice a dead one.
 SSE_KEEPALIVE: Final = 15.0
+#: A client that dropped events gets a fresh snapshot once it has caught up, at most this often (seconds): a
+#: snapshot is the whole fleet, and a client that never catches up (never reads) must not cost one per burst.
+SSE_RESYNC_INTERVAL: Final = 1.0
 
 _STATIC: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -68,6 +73,8 @@ class ControlContext:
     ) -> None:
         self.manager = manager
         self.sse_buffer = sse_buffer
+        #: Manager events as SSE frames, encoded once and sent to every SSE client (see broadcast.py).
+        self.broadcast: Broadcast[bytes] = Broadcast()
         self.token = token
         self.metrics = metrics
         self.tasks = tasks
@@ -77,11 +84,23 @@ class ControlContext:
     def states(self) -> dict[str, DeviceState]:
         return self.tracker.states()
 
+    def publish(self, event: DeviceEvent) -> None:
+        """Send ``event`` (with its device's row as it is now) to every SSE client that is keeping up.
+
+        Encoded here, once, not once per client; not at all when no client would receive it. The SSE ``id`` is
+        the broadcast's sequence number, so a client can tell a gap.
+        """
+        if not self.broadcast.has_receivers:
+            self.broadcast.skip()
+            return
+        payload = {"event": event, "device": self.device(event.device_id, time.time())}
+        self.broadcast.publish(sse.frame(event.kind.value, msgspec.json.encode(payload), self.broadcast.published + 1))
+
     def device(self, device_id: str, now: float) -> dict[str, Any] | None:
         profile = self.manager.get_device_info(device_id)
         if profile is None:
             return None
-        return device_row(profile, self.states().get(device_id), now)
+        return device_row(profile, self.tracker.state(device_id), now)
 
     def devices(self, now: float) -> list[dict[str, Any]]:
         states = self.states()
@@ -246,44 +265,53 @@ async def _get_task(request: Request, ctx: ControlContext) -> Response:
 async def _events(_request: Request, ctx: ControlContext) -> Response:
     """The manager's events as SSE: a ``snapshot`` first, then one message per event (with the device's row).
 
-    Each client has its own bounded subscription: a client that reads slowly, or not at all, only loses events
-    itself (the manager never waits); what it lost is counted in the metrics, and announced to it as a
-    ``dropped`` message followed by a fresh ``snapshot`` so that it can catch up.
+    Each client has its own bounded queue: a client that reads slowly, or not at all, only loses events itself
+    (the manager never waits, see broadcast.py). What it lost is counted in the metrics and announced to it at
+    once as a ``dropped`` message; once it has caught up it gets a fresh ``snapshot`` (at most one a second).
     """
-    subscription = ctx.manager.subscribe(ctx.sse_buffer)
-    ctx.metrics.watch("sse", subscription)
+    queue = ctx.broadcast.open(ctx.sse_buffer)
+    ctx.metrics.watch("sse", queue)
 
     async def stream() -> AsyncIterator[bytes]:
         ctx.metrics.sse_clients.inc()
         announced = 0
-        sequence = 0
+        resync_due = False
+        last_snapshot = trio.current_time()
         try:
-            with subscription:
-                yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
-                while True:
-                    event = None
-                    ended = False
-                    with trio.move_on_after(SSE_KEEPALIVE):
-                        try:
-                            event = await subscription.receive()
-                        except trio.EndOfChannel:
-                            ended = True
-                    if ended:
-                        yield sse.frame("closed", b'{"reason":"manager closed"}')
-                        return
-                    if event is None:
+            yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
+            while True:
+                now = trio.current_time()
+                resync_at = last_snapshot + SSE_RESYNC_INTERVAL
+                if resync_due and not queue and now >= resync_at:
+                    # Caught up after a loss: the whole fleet again, so that nothing missed stays wrong.
+                    resync_due = False
+                    last_snapshot = now
+                    yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
+                    continue
+                wait = min(SSE_KEEPALIVE, resync_at - now) if resync_due else SSE_KEEPALIVE
+                message = None
+                ended = False
+                with trio.move_on_after(max(0.0, wait)):
+                    try:
+                        message = await queue.get()
+                    except QueueClosed:
+                        ended = True
+                if ended:
+                    yield sse.frame("closed", b'{"reason":"manager closed"}')
+                    return
+                if message is None:
+                    if not resync_due:
                         yield sse.comment("keepalive")
-                        continue
-                    if subscription.dropped > announced:
-                        ctx.metrics.count_drops(subscription)
-                        announced = subscription.dropped
-                        yield sse.frame("dropped", msgspec.json.encode({"dropped": announced}))
-                        yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
-                    sequence += 1
-                    payload = {"event": event, "device": ctx.device(event.device_id, time.time())}
-                    yield sse.frame(event.kind.value, msgspec.json.encode(payload), sequence)
+                    continue
+                if queue.dropped > announced:
+                    ctx.metrics.count_drops(queue)
+                    announced = queue.dropped
+                    resync_due = True
+                    yield sse.frame("dropped", msgspec.json.encode({"dropped": announced}))
+                yield message
         finally:
-            ctx.metrics.unwatch(subscription)
+            ctx.broadcast.leave(queue)
+            ctx.metrics.unwatch(queue)
             ctx.metrics.sse_clients.dec()
 
     return StreamingResponse(

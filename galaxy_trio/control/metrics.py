@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..manager import DeviceEvent, DeviceStatus, EventKind, EventSubscription
+from ..manager import DeviceEvent, DeviceStatus, EventKind
 from .reasons import STOP_REASONS, reason_class
 from .state import DeviceState
 
@@ -28,6 +28,13 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _TASK_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 _ENDED: Final = frozenset({DeviceStatus.DISCONNECTED, DeviceStatus.FAILED})
+
+
+class Counted(Protocol):
+    """A consumer that counts the events it had to drop (a subscription, an SSE client's queue)."""
+
+    @property
+    def dropped(self) -> int: ...
 
 
 class _FleetCollector(Collector):
@@ -119,22 +126,22 @@ class ControlMetrics:
         self._progress: dict[str, _Progress] = {}
         self._task_queued_at: dict[str, float] = {}
         #: Live subscriptions whose drops are counted, with how many of them are already in the counter.
-        self._watched: dict[EventSubscription, tuple[str, int]] = {}
+        self._watched: dict[Counted, tuple[str, int]] = {}
 
     def render(self) -> bytes:
         for subscription in list(self._watched):
             self.count_drops(subscription)
         return generate_latest(self.registry)
 
-    def watch(self, consumer: str, subscription: EventSubscription) -> None:
+    def watch(self, consumer: str, subscription: Counted) -> None:
         """Count this subscription's dropped events (at each scrape, and at :meth:`unwatch`)."""
         self._watched[subscription] = (consumer, subscription.dropped)
 
-    def unwatch(self, subscription: EventSubscription) -> None:
+    def unwatch(self, subscription: Counted) -> None:
         self.count_drops(subscription)
         self._watched.pop(subscription, None)
 
-    def count_drops(self, subscription: EventSubscription) -> None:
+    def count_drops(self, subscription: Counted) -> None:
         """Bring the drop counter up to date with this subscription (events are dropped at once, counted later)."""
         watched = self._watched.get(subscription)
         if watched is not None and subscription.dropped > watched[1]:

@@ -33,7 +33,8 @@ logger = logging.getLogger("galaxy_trio.control")
 #: a whole fleet coming up; what it still misses is counted in galaxy_trio_control_events_dropped{consumer="core"}.
 CORE_EVENT_BUFFER: Final = 1 << 16
 #: Events buffered per SSE client before it counts as slow (then events are dropped for it, and announced).
-SSE_BUFFER: Final = 256
+#: Small on purpose: a client that falls this far behind gets a fresh snapshot instead of a backlog.
+SSE_BUFFER: Final = 64
 
 
 class ControlServeError(GalaxyTrioError):
@@ -99,12 +100,22 @@ async def serve_control(
 
 
 async def _follow(events: EventSubscription, ctx: ControlContext) -> None:
-    """Feed every manager event to the state tracker, the metrics and the task board."""
+    """Feed every manager event to the state tracker, the metrics, the task board and the SSE clients."""
     ctx.metrics.watch("core", events)
-    async for event in events:
-        ctx.tracker.observe(event)
-        ctx.metrics.observe(event)
-        ctx.tasks.observe(event)
+    try:
+        while True:
+            try:
+                first = await events.receive()
+            except trio.EndOfChannel:
+                return
+            # Everything already buffered in one go: a burst costs one wake-up, not one per event.
+            for event in (first, *events.pending()):
+                ctx.tracker.observe(event)
+                ctx.metrics.observe(event)
+                ctx.tasks.observe(event)
+                ctx.publish(event)
+    finally:
+        ctx.broadcast.close()
 
 
 def _http_log() -> logging.Logger:

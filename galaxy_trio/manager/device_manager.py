@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import ssl
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from .events import EventHub, EventKind, EventSubscription
 from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
 from .register import RegistrationRejected, is_duplicate, register
 from .session import ClientSession
+from .state import DeviceState, PhaseName
 from .telemetry import fetch_system_info, merge_system_info
 
 __all__ = ["ConstellationDeviceManager", "DeviceAlreadyRegistered", "UnknownDevice"]
@@ -74,9 +76,14 @@ class _Device:
     """The manager's private per-device state: the public profile plus what drives it."""
 
     __slots__ = (
+        "attempt",
         "changed",
         "connect_url",
+        "idle_since",
+        "last_heartbeat_at",
         "lost_at",
+        "phase",
+        "phase_since",
         "profile",
         "queued",
         "runner",
@@ -103,6 +110,32 @@ class _Device:
         #: Whether the current attempt reached IDLE, and when (trio time) the last IDLE link was lost.
         self.went_idle = False
         self.lost_at: float | None = None
+        #: For DeviceState (wall clock): the attempt's phase and since when, attempts in the current streak, the
+        #: last frame that proved the link alive, and since when the device is IDLE.
+        self.phase: PhaseName | None = None
+        self.phase_since = time.time()
+        self.attempt = 0
+        self.last_heartbeat_at: float | None = None
+        self.idle_since: float | None = None
+
+    def enter_phase(self, phase: PhaseName | None) -> None:
+        self.phase = phase
+        self.phase_since = time.time()
+
+    def state(self) -> DeviceState:
+        profile = self.profile
+        return DeviceState(
+            device_id=profile.device_id,
+            status=profile.status,
+            phase=self.phase,
+            attempt=self.attempt,
+            phase_since=self.phase_since,
+            last_heartbeat_at=self.last_heartbeat_at,
+            failure_reason=profile.failure_reason,
+            queue_depth=self.queued,
+            current_task=profile.current_task_id,
+            idle_since=self.idle_since,
+        )
 
     def __repr__(self) -> str:
         return f"<device {self.profile.device_id} {self.profile.status.value}>"
@@ -279,6 +312,7 @@ class ConstellationDeviceManager:
         device = self._get(device_id)
         if device.runner is None:
             device.profile.connection_attempts = 0
+            device.attempt = 0
             self._start(device)
         profile = await self.wait_for_device(device_id)
         return profile.status is DeviceStatus.IDLE
@@ -347,6 +381,14 @@ class ConstellationDeviceManager:
         """Snapshots of every registered device's profile, by device id."""
         return {device_id: device.profile.snapshot() for device_id, device in self._devices.items()}
 
+    def get_device_state(self, device_id: str) -> DeviceState:
+        """Where the device stands now (status, phase, attempt, queue); raises :class:`UnknownDevice`."""
+        return self._get(device_id).state()
+
+    def get_all_device_states(self) -> dict[str, DeviceState]:
+        """:meth:`get_device_state` for every registered device, by device id."""
+        return {device_id: device.state() for device_id, device in self._devices.items()}
+
     def get_connected_devices(self) -> list[str]:
         """Ids of the devices with a live link: CONNECTED, IDLE or BUSY."""
         return [i for i, d in self._devices.items() if d.profile.status in CONNECTED_STATUSES]
@@ -400,6 +442,7 @@ class ConstellationDeviceManager:
             return
         check_transition(profile.device_id, old, new)
         profile.status = new
+        device.idle_since = time.time() if new is DeviceStatus.IDLE else None
         if new is DeviceStatus.FAILED:
             profile.failure_reason = reason
         elif new is DeviceStatus.IDLE:
@@ -412,6 +455,10 @@ class ConstellationDeviceManager:
     def _emit(self, kind: EventKind, device_id: str, **fields: Any) -> None:
         self._hub.emit(kind, device_id, **fields)
 
+    def _enter_phase(self, device: _Device, phase: PhaseName) -> None:
+        device.enter_phase(phase)
+        self._hub.emit(EventKind.PHASE, device.profile.device_id, reason=phase)
+
     async def _run_device(self, device: _Device, runner: trio.CancelScope) -> None:
         """One device's life: attempts, backoff and the final verdict. Never raises (but Cancelled)."""
         profile = device.profile
@@ -420,6 +467,7 @@ class ConstellationDeviceManager:
                 while True:
                     self._set_status(device, DeviceStatus.CONNECTING)
                     profile.connection_attempts += 1
+                    device.attempt = profile.connection_attempts
                     device.went_idle = False
                     reason, permanent = await self._attempt(device)
                     if device.stopping:
@@ -434,6 +482,7 @@ class ConstellationDeviceManager:
                         if now - device.lost_at < _STALE_HOLDER_GRACE:
                             permanent = False
                             profile.connection_attempts -= 1
+                            device.attempt = profile.connection_attempts
                     if permanent:
                         self._set_status(device, DeviceStatus.FAILED, reason)
                         return
@@ -460,14 +509,15 @@ class ConstellationDeviceManager:
             return await self._connect_and_serve(device, holder)
         finally:
             device.session = None
+            device.enter_phase(None)
             if holder:
                 _tasks.detach(self, device, holder[0])
 
     async def _connect_and_serve(self, device: _Device, holder: list[ClientSession]) -> tuple[str, bool]:
         settings = self.settings
         profile = device.profile
-        stage = "connect"
-        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
+        stage: PhaseName = "connect"
+        self._enter_phase(device, stage)
         stage_timeout = settings.connect_timeout
         session: ClientSession | None = None
         outcome: tuple[str, bool] | None = None
@@ -492,7 +542,7 @@ class ConstellationDeviceManager:
                         # Phase 3: REGISTER → confirmation.
                         stage, stage_timeout = "register", settings.register_timeout
                         self._set_status(device, DeviceStatus.REGISTERING)
-                        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
+                        self._enter_phase(device, stage)
                         with trio.move_on_after(stage_timeout) as register_scope:
                             await register(session, self.task_name, profile.device_id)
                         if register_scope.cancelled_caught:
@@ -501,7 +551,7 @@ class ConstellationDeviceManager:
                             return outcome
                         # Phase 4: telemetry; it degrades gracefully.
                         stage = "telemetry"
-                        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
+                        self._enter_phase(device, stage)
                         client_id = builders.constellation_client_id(self.task_name, profile.device_id)
                         system_info = None
                         with trio.move_on_after(settings.telemetry_timeout) as telemetry_scope:
@@ -514,7 +564,7 @@ class ConstellationDeviceManager:
                             logger.info("device %s: telemetry skipped (%s)", profile.device_id, why)
                         # Phase 5: activation; the link then lives until it ends.
                         stage = "active"
-                        self._emit(EventKind.PHASE, profile.device_id, reason=stage)
+                        self._enter_phase(device, stage)
                         on_missed = self._activate(device, session)
                         # The runner itself keeps the link alive: one task fewer per device than a heartbeat task.
                         await keep_alive(
@@ -546,13 +596,16 @@ class ConstellationDeviceManager:
         """Phase 5: IDLE, ready for tasks. Returns what to do when a heartbeat goes unanswered."""
         profile = device.profile
         profile.connection_attempts = 0
+        device.attempt = 0
         profile.last_heartbeat = datetime.now(UTC)
+        device.last_heartbeat_at = time.time()  # the registration confirmation proved the link alive
         device.went_idle = True
         device.lost_at = None
         device_id = profile.device_id
 
         def on_heartbeat(_frame: ServerMessage) -> None:
             profile.last_heartbeat = datetime.now(UTC)
+            device.last_heartbeat_at = time.time()
 
         def on_missed() -> None:
             window = self.settings.heartbeat_timeout

@@ -33,7 +33,7 @@ from . import sse
 from .auth import ControlToken
 from .broadcast import Broadcast, QueueClosed
 from .metrics import CONTENT_TYPE, ControlMetrics
-from .state import DeviceState, StateTracker
+from .state import DeviceState, StateReader
 from .tasks import TaskBoard, TaskRecord, TaskSpec
 from .view import device_row
 
@@ -59,7 +59,7 @@ def _settling(state: DeviceState) -> bool:
 
 
 class ControlContext:
-    """What the handlers share: the manager, the token, the metrics, the tasks and the state tracker."""
+    """What the handlers share: the manager, the token, the metrics, the tasks and the device states."""
 
     def __init__(
         self,
@@ -67,7 +67,7 @@ class ControlContext:
         token: ControlToken,
         metrics: ControlMetrics,
         tasks: TaskBoard,
-        tracker: StateTracker,
+        states_reader: StateReader,
         nursery: trio.Nursery,
         sse_buffer: int,
     ) -> None:
@@ -78,11 +78,11 @@ class ControlContext:
         self.token = token
         self.metrics = metrics
         self.tasks = tasks
-        self.tracker = tracker
+        self.states_reader = states_reader
         self.nursery = nursery
 
     def states(self) -> dict[str, DeviceState]:
-        return self.tracker.states()
+        return self.states_reader.states()
 
     def publish(self, event: DeviceEvent) -> None:
         """Send ``event`` (with its device's row as it is now) to every SSE client that is keeping up.
@@ -100,7 +100,7 @@ class ControlContext:
         profile = self.manager.get_device_info(device_id)
         if profile is None:
             return None
-        return device_row(profile, self.tracker.state(device_id), now)
+        return device_row(profile, self.states_reader.state(device_id), now)
 
     def devices(self, now: float) -> list[dict[str, Any]]:
         states = self.states()

@@ -22,7 +22,7 @@ from .address import check_bind, format_host
 from .app import ControlContext, build_app
 from .auth import ControlToken, new_token
 from .metrics import ControlMetrics
-from .state import StateTracker
+from .state import StateReader
 from .tasks import TaskBoard
 
 __all__ = ["ControlEndpoint", "ControlServeError", "serve_control"]
@@ -76,12 +76,12 @@ async def serve_control(
         raise ValueError(f"sse_buffer must be >= 1, got {sse_buffer}")
     secret = token or new_token()
     control_token = ControlToken(secret)
-    tracker = StateTracker(manager)
-    metrics = ControlMetrics(tracker.states)
+    states_reader = StateReader(manager)
+    metrics = ControlMetrics(states_reader.states)
     with manager.subscribe(CORE_EVENT_BUFFER) as events:
         async with trio.open_nursery() as nursery:
             board = TaskBoard(manager, nursery)
-            ctx = ControlContext(manager, control_token, metrics, board, tracker, nursery, sse_buffer)
+            ctx = ControlContext(manager, control_token, metrics, board, states_reader, nursery, sse_buffer)
             nursery.start_soon(_follow, events, ctx)
             config = HypercornConfig()
             config.bind = [f"{format_host(host)}:{port}"]
@@ -100,7 +100,7 @@ async def serve_control(
 
 
 async def _follow(events: EventSubscription, ctx: ControlContext) -> None:
-    """Feed every manager event to the state tracker, the metrics, the task board and the SSE clients."""
+    """Feed every manager event to the metrics, the task board and the SSE clients."""
     ctx.metrics.watch("core", events)
     try:
         while True:
@@ -110,7 +110,6 @@ async def _follow(events: EventSubscription, ctx: ControlContext) -> None:
                 return
             # Everything already buffered in one go: a burst costs one wake-up, not one per event.
             for event in (first, *events.pending()):
-                ctx.tracker.observe(event)
                 ctx.metrics.observe(event)
                 ctx.tasks.observe(event)
                 ctx.publish(event)

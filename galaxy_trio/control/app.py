@@ -289,17 +289,17 @@ async def _events(_request: Request, ctx: ControlContext) -> Response:
                     yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
                     continue
                 wait = min(SSE_KEEPALIVE, resync_at - now) if resync_due else SSE_KEEPALIVE
-                message = None
+                messages: list[bytes] = []
                 ended = False
                 with trio.move_on_after(max(0.0, wait)):
                     try:
-                        message = await queue.get()
+                        messages = await queue.get_all()
                     except QueueClosed:
                         ended = True
                 if ended:
                     yield sse.frame("closed", b'{"reason":"manager closed"}')
                     return
-                if message is None:
+                if not messages:
                     if not resync_due:
                         yield sse.comment("keepalive")
                     continue
@@ -308,7 +308,7 @@ async def _events(_request: Request, ctx: ControlContext) -> Response:
                     announced = queue.dropped
                     resync_due = True
                     yield sse.frame("dropped", msgspec.json.encode({"dropped": announced}))
-                yield message
+                yield b"".join(messages)
         finally:
             ctx.broadcast.leave(queue)
             ctx.metrics.unwatch(queue)

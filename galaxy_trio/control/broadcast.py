@@ -69,19 +69,34 @@ class ClientQueue(Generic[T]):
 
     async def get(self) -> T:
         """The oldest item, waiting for one; raises :class:`QueueClosed` once closed and drained."""
+        await self._wait()
+        item = self._items.popleft()
+        self._resume()
+        return item
+
+    async def get_all(self) -> list[T]:
+        """Every item waiting (at least one, waiting for it): a client that wakes sends its backlog in one write."""
+        await self._wait()
+        items = list(self._items)
+        self._items.clear()
+        self._resume()
+        return items
+
+    async def _wait(self) -> None:
+        """Until an item is queued (one reader per queue: nobody else takes it meanwhile)."""
         while not self._items:
             if self._closed:
                 raise QueueClosed
             self._wakeup = wakeup = trio.Event()
             await wakeup.wait()
         await trio.lowlevel.checkpoint()  # a steady stream of items must still let other tasks run
-        item = self._items.popleft()
+
+    def _resume(self) -> None:
         if self._full_since is not None:
             # Room again: what was published while parked is lost for this client; it receives from now on.
             self._dropped += self._broadcast.published - self._full_since
             self._full_since = None
             self._broadcast.unpark(self)
-        return item
 
 
 class Broadcast(Generic[T]):

@@ -88,3 +88,13 @@ async def test_a_skipped_item_counts_as_missed_for_parked_clients_only() -> None
     assert parked.dropped == 2
     assert await parked.get() == 0
     assert hub.has_receivers
+
+
+async def test_get_all_takes_the_whole_backlog_and_unparks() -> None:
+    hub: Broadcast[int] = Broadcast()
+    queue = hub.open(3)
+    for n in range(5):
+        hub.publish(n)
+    assert await queue.get_all() == [0, 1, 2] and queue.dropped == 2
+    hub.publish(5)
+    assert await queue.get_all() == [5] and queue.dropped == 2

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import httpx
+import pytest
 import trio
 
 from galaxy_trio import DeviceStatus
@@ -210,3 +212,19 @@ async def test_a_full_queue_is_429_with_the_librarys_reason() -> None:
             assert duplicate.status_code == 409 and "already pending" in duplicate.json()["error"]
             nursery.cancel_scope.cancel()
         await rig.manager.disconnect_device("alpha")  # ends the queued tasks now
+
+
+async def test_no_token_reaches_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with open_rig(IDS) as rig:
+        async with rig.client() as client:
+            await client.get("/api/devices")
+            await client.post("/api/tasks", json={"device_id": "alpha", "request": ECHO})
+            await client.post("/api/devices/nope/connect")
+            async with client.stream("GET", "/api/events") as stream:
+                await anext(stream.aiter_lines())
+        async with rig.client("wrong-token-value") as client:
+            await client.get("/metrics")
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "control API and dashboard on http://127.0.0.1:" in text  # the server did log
+    assert CONTROL_TOKEN not in text and "wrong-token-value" not in text

@@ -379,11 +379,14 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         async with (
             _fleet(_manager_settings(config), config.devices, local) as (manager, devices),
-            _open_control(manager, control, allow_remote=args.control_allow_remote),
+            # In fleet mode the control server starts with the fleet member (it routes tasks through it).
+            _open_control(manager, None if args.redis else control, allow_remote=args.control_allow_remote),
         ):
             try:
                 if args.redis:
-                    status = await _run_fleet_member(manager, devices, args.redis)
+                    status = await _run_fleet_member(
+                        manager, devices, args.redis, control=control, allow_remote=args.control_allow_remote
+                    )
                 else:
                     status = await _bring_up(
                         manager, devices, console=args.console, config_path=args.config, once=args.once
@@ -416,7 +419,9 @@ def _control_address(args: argparse.Namespace) -> tuple[str, int] | None:
 
 
 @asynccontextmanager
-async def _open_control(manager: Any, address: tuple[str, int] | None, *, allow_remote: bool) -> AsyncIterator[None]:
+async def _open_control(
+    manager: Any, address: tuple[str, int] | None, *, allow_remote: bool, fleet: Any = None
+) -> AsyncIterator[None]:
     """The control server for ``manager`` while the block runs (nothing without ``--control``)."""
     if address is None:
         yield
@@ -427,7 +432,7 @@ async def _open_control(manager: Any, address: tuple[str, int] | None, *, allow_
     given = os.environ.get("GALAXY_TRIO_CONTROL_TOKEN") or None
     async with open_service_nursery() as nursery:
         endpoint = await nursery.start(
-            partial(serve_control, manager, host=host, port=port, token=given, allow_remote=allow_remote)
+            partial(serve_control, manager, host=host, port=port, token=given, allow_remote=allow_remote, fleet=fleet)
         )
         # Printed once, on purpose (like `serve`'s token); never logged.
         token_note = "token from $GALAXY_TRIO_CONTROL_TOKEN" if given else f"token: {endpoint.token}"
@@ -472,11 +477,21 @@ async def _bring_up(
     return EXIT_OK if idle == len(settled) else EXIT_FAILED
 
 
-async def _run_fleet_member(manager: Any, devices: Sequence[DeviceConfig], redis_url: str) -> int:
+async def _run_fleet_member(
+    manager: Any,
+    devices: Sequence[DeviceConfig],
+    redis_url: str,
+    *,
+    control: tuple[str, int] | None = None,
+    allow_remote: bool = False,
+) -> int:
     """Fleet mode: this manager drives only the devices whose lease it holds in Redis."""
     from .fleet import open_fleet_member
 
-    async with open_fleet_member(manager, redis_url, devices) as member:
+    async with (
+        open_fleet_member(manager, redis_url, devices) as member,
+        _open_control(manager, control, allow_remote=allow_remote, fleet=member),
+    ):
         logger.info("joined the fleet at %s as %s", redact_url(redis_url), member.member_id)
         await trio.sleep_forever()
     return EXIT_OK

@@ -7,6 +7,7 @@ methods: the manager never waits for the control plane (events reach it through 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from ..errors import GalaxyTrioError
 from ..manager import (
     ConstellationDeviceManager,
     DeviceEvent,
@@ -32,12 +34,15 @@ from ..manager import (
 from . import sse
 from .auth import ControlToken
 from .broadcast import Broadcast, QueueClosed
+from .fleet import FleetControl
 from .metrics import CONTENT_TYPE, ControlMetrics
 from .state import DeviceState, StateReader
 from .tasks import TaskBoard, TaskRecord, TaskSpec
 from .view import device_row
 
 __all__ = ["ControlContext", "build_app"]
+
+logger = logging.getLogger("galaxy_trio.control")
 
 #: A comment line this often keeps an idle stream open through proxies and lets the client notice a dead one.
 SSE_KEEPALIVE: Final = 15.0
@@ -70,8 +75,10 @@ class ControlContext:
         states_reader: StateReader,
         nursery: trio.Nursery,
         sse_buffer: int,
+        fleet: FleetControl | None = None,
     ) -> None:
         self.manager = manager
+        self.fleet = fleet
         self.sse_buffer = sse_buffer
         #: Manager events as SSE frames, encoded once and sent to every SSE client (see broadcast.py).
         self.broadcast: Broadcast[bytes] = Broadcast()
@@ -84,27 +91,61 @@ class ControlContext:
     def states(self) -> dict[str, DeviceState]:
         return self.states_reader.states()
 
+    def device(self, device_id: str, now: float) -> dict[str, Any] | None:
+        """This manager's row of a device (in fleet mode with ``owner``: this member, or None if another's)."""
+        profile = self.manager.get_device_info(device_id)
+        if profile is None:
+            return None
+        row = device_row(profile, self.states_reader.state(device_id), now)
+        if self.fleet is not None:
+            row["owner"] = self.fleet.member_id if self.fleet.owns(device_id) else None
+        return row
+
+    def devices(self, now: float) -> list[dict[str, Any]]:
+        states = self.states()
+        rows = [device_row(p, states.get(i), now) for i, p in self.manager.get_all_devices().items()]
+        if self.fleet is not None:
+            for row in rows:
+                row["owner"] = self.fleet.member_id if self.fleet.owns(row["device_id"]) else None
+        return rows
+
+    async def fleet_devices(self, now: float) -> list[dict[str, Any]]:
+        """:meth:`devices`; in fleet mode, another member's device shows its owner and the status it reported."""
+        rows = self.devices(now)
+        if self.fleet is None:
+            return rows
+        try:
+            snapshot = await self.fleet.read_fleet()
+        except GalaxyTrioError as exc:  # the registry is down: this member's view, with owner unknown
+            logger.warning("fleet registry unreachable, showing this member's devices only: %s", exc)
+            return rows
+        records = {record.device_id: record for record in snapshot.devices}
+        for row in rows:
+            record = records.get(row["device_id"])
+            if row["owner"] is not None or record is None:
+                continue
+            row["owner"] = record.owner
+            row["reported_at"] = record.updated_at
+            if record.status is not None:
+                row["status"] = record.status
+            if record.profile is not None:
+                row["failure_reason"] = record.profile.get("failure_reason")
+        return rows
+
     def publish(self, event: DeviceEvent) -> None:
         """Send ``event`` (with its device's row as it is now) to every SSE client that is keeping up.
 
         Encoded here, once, not once per client; not at all when no client would receive it. The SSE ``id`` is
-        the broadcast's sequence number, so a client can tell a gap.
+        the broadcast's sequence number, so a client can tell a gap. In fleet mode the row is left out for a
+        device another member drives (this manager's view of it says nothing).
         """
         if not self.broadcast.has_receivers:
             self.broadcast.skip()
             return
-        payload = {"event": event, "device": self.device(event.device_id, time.time())}
+        mine = self.fleet is None or self.fleet.owns(event.device_id)
+        row = self.device(event.device_id, time.time()) if mine else None
+        payload = {"event": event, "device": row}
         self.broadcast.publish(sse.frame(event.kind.value, msgspec.json.encode(payload), self.broadcast.published + 1))
-
-    def device(self, device_id: str, now: float) -> dict[str, Any] | None:
-        profile = self.manager.get_device_info(device_id)
-        if profile is None:
-            return None
-        return device_row(profile, self.states_reader.state(device_id), now)
-
-    def devices(self, now: float) -> list[dict[str, Any]]:
-        states = self.states()
-        return [device_row(p, states.get(i), now) for i, p in self.manager.get_all_devices().items()]
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -191,12 +232,15 @@ async def _metrics(_request: Request, ctx: ControlContext) -> Response:
 
 
 async def _devices(_request: Request, ctx: ControlContext) -> Response:
-    return _json(ctx.devices(time.time()))
+    return _json(await ctx.fleet_devices(time.time()))
 
 
 async def _device(request: Request, ctx: ControlContext) -> Response:
     device_id = request.path_params["device_id"]
-    row = ctx.device(device_id, time.time())
+    if ctx.fleet is None:
+        row = ctx.device(device_id, time.time())
+    else:
+        row = next((r for r in await ctx.fleet_devices(time.time()) if r["device_id"] == device_id), None)
     if row is None:
         return _refusal(UnknownDevice(device_id, ctx.manager.get_all_devices()))
     return _json(row)
@@ -211,6 +255,8 @@ async def _connect(request: Request, ctx: ControlContext) -> Response:
     device_id = request.path_params["device_id"]
     if ctx.manager.get_device_info(device_id) is None:
         return _refusal(UnknownDevice(device_id, ctx.manager.get_all_devices()))
+    if (refused := _not_ours(ctx, device_id)) is not None:
+        return refused
     if _wants_wait(request):
         await ctx.manager.connect_device(device_id)
     else:
@@ -219,8 +265,17 @@ async def _connect(request: Request, ctx: ControlContext) -> Response:
     return _json(ctx.device(device_id, time.time()), 200 if _wants_wait(request) else 202)
 
 
+def _not_ours(ctx: ControlContext, device_id: str) -> Response | None:
+    """Fleet mode: only the owner connects or disconnects a device (its fleet driver would undo anything else)."""
+    if ctx.fleet is None or ctx.fleet.owns(device_id):
+        return None
+    return _error(409, f"device {device_id!r} is not driven by this fleet member; use its owner's control server")
+
+
 async def _disconnect(request: Request, ctx: ControlContext) -> Response:
     device_id = request.path_params["device_id"]
+    if ctx.manager.get_device_info(device_id) is not None and (refused := _not_ours(ctx, device_id)) is not None:
+        return refused
     try:
         await ctx.manager.disconnect_device(device_id)
     except UnknownDevice as exc:
@@ -258,6 +313,8 @@ async def _get_task(request: Request, ctx: ControlContext) -> Response:
         return _error(404, f"no task {task_id!r} started through this control server (or it finished long ago)")
     if request.query_params.get("wait", "false").lower() in ("true", "1", "yes"):
         await record.done.wait()
+    if record.refusal is not None:
+        return _refusal(record.refusal)
     body, status = _task_body(record)
     return _json(body, status)
 
@@ -278,7 +335,7 @@ async def _events(_request: Request, ctx: ControlContext) -> Response:
         resync_due = False
         last_snapshot = trio.current_time()
         try:
-            yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
+            yield sse.frame("snapshot", msgspec.json.encode(await ctx.fleet_devices(time.time())))
             while True:
                 now = trio.current_time()
                 resync_at = last_snapshot + SSE_RESYNC_INTERVAL
@@ -286,7 +343,7 @@ async def _events(_request: Request, ctx: ControlContext) -> Response:
                     # Caught up after a loss: the whole fleet again, so that nothing missed stays wrong.
                     resync_due = False
                     last_snapshot = now
-                    yield sse.frame("snapshot", msgspec.json.encode(ctx.devices(time.time())))
+                    yield sse.frame("snapshot", msgspec.json.encode(await ctx.fleet_devices(time.time())))
                     continue
                 wait = min(SSE_KEEPALIVE, resync_at - now) if resync_due else SSE_KEEPALIVE
                 messages: list[bytes] = []

@@ -21,6 +21,7 @@ from ..manager import ConstellationDeviceManager, EventSubscription
 from .address import check_bind, format_host
 from .app import ControlContext, build_app
 from .auth import ControlToken, new_token
+from .fleet import FleetControl
 from .metrics import ControlMetrics
 from .state import StateReader
 from .tasks import TaskBoard
@@ -62,6 +63,7 @@ async def serve_control(
     token: str | None = None,
     allow_remote: bool = False,
     sse_buffer: int = SSE_BUFFER,
+    fleet: FleetControl | None = None,
     task_status: trio.TaskStatus[ControlEndpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control plane of ``manager`` until cancelled; ``nursery.start`` returns its :class:`ControlEndpoint`.
@@ -70,6 +72,9 @@ async def serve_control(
     generated (read it from the endpoint, show it once). A non-loopback ``host`` is refused unless
     ``allow_remote``. Each ``/api/events`` client gets a subscription of ``sse_buffer`` events. Start it before
     adding devices so that its metrics see every device from its first attempt.
+
+    In fleet mode pass the manager's ``fleet`` member (``open_fleet_member``): tasks are then routed to the
+    device's owner, device rows name their owner, and only owned devices can be connected or disconnected here.
     """
     check_bind(host, allow_remote=allow_remote)
     if sse_buffer < 1:
@@ -80,8 +85,8 @@ async def serve_control(
     metrics = ControlMetrics(states_reader.states)
     with manager.subscribe(CORE_EVENT_BUFFER) as events:
         async with trio.open_nursery() as nursery:
-            board = TaskBoard(manager, nursery)
-            ctx = ControlContext(manager, control_token, metrics, board, states_reader, nursery, sse_buffer)
+            board = TaskBoard(manager, nursery, fleet)
+            ctx = ControlContext(manager, control_token, metrics, board, states_reader, nursery, sse_buffer, fleet)
             nursery.start_soon(_follow, events, ctx)
             config = HypercornConfig()
             config.bind = [f"{format_host(host)}:{port}"]

@@ -15,7 +15,9 @@ from typing import Any, Final
 import msgspec
 import trio
 
+from ..errors import GalaxyTrioError
 from ..manager import ConstellationDeviceManager, DeviceEvent, EventKind, TaskRefused, TaskResult, UnknownDevice
+from .fleet import FleetControl
 
 __all__ = ["KEEP_FINISHED", "TaskBoard", "TaskRecord", "TaskSpec"]
 
@@ -50,11 +52,15 @@ class TaskRecord:
 class TaskBoard:
     """Every task the control API started that is still running or recently finished."""
 
-    __slots__ = ("_finished", "_manager", "_nursery", "_running")
+    __slots__ = ("_finished", "_fleet", "_manager", "_nursery", "_running")
 
-    def __init__(self, manager: ConstellationDeviceManager, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, manager: ConstellationDeviceManager, nursery: trio.Nursery, fleet: FleetControl | None = None
+    ) -> None:
         self._manager = manager
         self._nursery = nursery
+        #: In fleet mode tasks go through the member, which routes them to the device's owner.
+        self._fleet = fleet
         self._running: dict[str, TaskRecord] = {}
         self._finished: OrderedDict[str, TaskRecord] = OrderedDict()
 
@@ -68,6 +74,10 @@ class TaskBoard:
         if task_id not in self._running:  # a duplicate is refused by the manager itself; keep the first record
             self._running[task_id] = record
         self._nursery.start_soon(self._run, record, spec, name=f"control-task:{task_id}")
+        if self._fleet is not None and not self._fleet.owns(spec.device_id):
+            # Another member's device: its queue is not ours to watch, so ?wait=false answers at once (a refusal
+            # then shows at GET /api/tasks/{id}).
+            record.accepted.set()
         return record
 
     def observe(self, event: DeviceEvent) -> None:
@@ -80,10 +90,11 @@ class TaskBoard:
     async def _run(self, record: TaskRecord, spec: TaskSpec) -> None:
         bound = math.inf if spec.timeout is None else spec.timeout
         try:
+            assign = self._manager.assign_task_to_device
+            if self._fleet is not None:
+                assign = self._fleet.assign_task_to_device
             with trio.move_on_after(bound) as scope:
-                result = await self._manager.assign_task_to_device(
-                    record.task_id, spec.device_id, spec.request, spec.task_data
-                )
+                result = await assign(record.task_id, spec.device_id, spec.request, spec.task_data)
             if scope.cancelled_caught:
                 result = TaskResult(
                     task_id=record.task_id,
@@ -95,12 +106,13 @@ class TaskBoard:
             record.result = result
         except (TaskRefused, UnknownDevice) as exc:
             record.refusal = exc
+        except GalaxyTrioError as exc:  # fleet mode: the registry is unreachable
+            record.refusal = TaskRefused(f"task {record.task_id!r} not routed: {exc}")
         finally:
             record.accepted.set()
             record.done.set()
             if self._running.get(record.task_id) is record:
                 del self._running[record.task_id]
-                if record.refusal is None:
-                    self._finished[record.task_id] = record
-                    while len(self._finished) > KEEP_FINISHED:
-                        self._finished.popitem(last=False)
+                self._finished[record.task_id] = record
+                while len(self._finished) > KEEP_FINISHED:
+                    self._finished.popitem(last=False)

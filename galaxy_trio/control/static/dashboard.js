@@ -105,7 +105,7 @@ function since(entry, field) {
 
 function matches(row, filter) {
   if (!filter) return true;
-  const haystack = [row.device_id, row.status, row.phase, row.os, row.failure_reason, row.current_task,
+  const haystack = [row.device_id, row.status, row.phase, row.os, row.failure_reason, row.current_task, row.owner,
     ...(row.capabilities || [])].join(" ").toLowerCase();
   return filter.toLowerCase().split(/\s+/).every((word) => haystack.includes(word));
 }
@@ -143,6 +143,7 @@ function render() {
     cell(tr, age(since(entry, "heartbeat_age_s")), "num heartbeat").dataset.tick = "heartbeat_age_s";
     cell(tr, String(row.queue_depth ?? 0), "num queue");
     cell(tr, row.current_task || "–", "task");
+    cell(tr, row.owner || "–", "owner");
     cell(tr, row.os || "–", "os");
     cell(tr, (row.capabilities || []).join(", "), "caps");
     cell(tr, row.failure_reason || "", "reason");
@@ -152,6 +153,8 @@ function render() {
     rows.push(tr);
   }
   body.replaceChildren(...rows);
+  // Fleet mode (rows name their owner): show the owner column.
+  document.body.classList.toggle("fleet", ids.some((id) => "owner" in state.devices.get(id).row));
   $("#shown").textContent = filter ? `${rows.length} of ${ids.length} shown` : `${ids.length} devices`;
   const countBar = $("#counts");
   countBar.replaceChildren(...Object.keys(counts).sort().map((status) => {

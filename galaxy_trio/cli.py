@@ -435,8 +435,8 @@ async def _open_control(
             partial(serve_control, manager, host=host, port=port, token=given, allow_remote=allow_remote, fleet=fleet)
         )
         # Printed once, on purpose (like `serve`'s token); never logged.
-        token_note = "token from $GALAXY_TRIO_CONTROL_TOKEN" if given else f"token: {endpoint.token}"
-        print(f"dashboard and control API: {endpoint.url}  ({token_note})", file=sys.stderr, flush=True)
+        token_line = "from $GALAXY_TRIO_CONTROL_TOKEN" if given else endpoint.token
+        print(f"dashboard and control API: {endpoint.url}\ncontrol token: {token_line}", file=sys.stderr, flush=True)
         yield
 
 

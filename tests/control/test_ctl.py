@@ -107,16 +107,16 @@ def test_run_with_control_prints_the_url_and_token_once_and_serves_the_fleet(tmp
     )
     try:
         assert process.stderr is not None
-        announced = ""
+        url = token = ""
         seen: list[str] = []
         for line in process.stderr:
             seen.append(line)
             if line.startswith("dashboard and control API: "):
-                announced = line
+                url = line.removeprefix("dashboard and control API: ").strip()
+            elif line.startswith("control token: "):
+                token = line.removeprefix("control token: ").strip()
                 break
-        assert announced, seen
-        url, _, rest = announced.removeprefix("dashboard and control API: ").partition("  ")
-        token = rest.strip().removeprefix("(token: ").removesuffix(")")
+        assert url and token, seen
         assert url.startswith("http://127.0.0.1:") and len(token) >= 40
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
@@ -136,4 +136,49 @@ def test_run_with_control_prints_the_url_and_token_once_and_serves_the_fleet(tmp
         process.send_signal(signal.SIGINT)
         _, rest_err = process.communicate(timeout=30)
     assert process.returncode == 0, rest_err
-    assert token not in rest_err and all(token not in line for line in seen if line is not announced)
+    printed = [line for line in seen if token in line]
+    assert printed == [f"control token: {token}\n"]  # once, and in no log line
+    assert token not in rest_err
+
+
+async def test_ctl_events_follows_the_stream_until_interrupted() -> None:
+    async with open_rig(("c1", "c2")) as rig:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TRIO_CONTROL")}
+        env.update(PYTHONPATH=str(REPO), GALAXY_TRIO_CONTROL_TOKEN=CONTROL_TOKEN)
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "galaxy_trio", "ctl", "events", "--control", rig.url, "--json"],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert process.stdout is not None
+        buffer = b""
+        lines: list[dict[str, object]] = []
+
+        async def next_line() -> dict[str, object]:
+            nonlocal buffer
+            while b"\n" not in buffer:
+                chunk = await process.stdout.receive_some(65536)  # type: ignore[union-attr]
+                assert chunk, "ctl events ended early"
+                buffer += chunk
+            line, buffer = buffer.split(b"\n", 1)
+            parsed: dict[str, object] = json.loads(line)
+            lines.append(parsed)
+            return parsed
+
+        try:
+            with trio.fail_after(20):
+                first = await next_line()
+                assert first["event"] == "snapshot"
+                assert sorted(row["device_id"] for row in first["data"]) == ["c1", "c2"]  # type: ignore[attr-defined]
+                rig.kill_agent("c1")
+                while True:
+                    message = await next_line()
+                    data = message["data"]
+                    if message["event"] == "status" and data["event"]["new_status"] == "failed":  # type: ignore[index]
+                        assert data["device"]["device_id"] == "c1"  # type: ignore[index]
+                        break
+        finally:
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(20):
+                await process.wait()
+        assert process.returncode == 0

@@ -49,6 +49,8 @@ SSE_KEEPALIVE: Final = 15.0
 #: A client that dropped events gets a fresh snapshot once it has caught up, at most this often (seconds): a
 #: snapshot is the whole fleet, and a client that never catches up (never reads) must not cost one per burst.
 SSE_RESYNC_INTERVAL: Final = 1.0
+#: The largest ``POST /api/tasks`` body read (the AIP server's default frame bound).
+MAX_TASK_BODY: Final = 1 << 20
 
 _STATIC: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -291,8 +293,13 @@ def _task_body(record: TaskRecord) -> tuple[Any, int]:
 
 async def _post_task(request: Request, ctx: ControlContext) -> Response:
     """Run a task: ``{device_id, request, task_id?, timeout?, task_data?}``; the TaskResult, or 202 + id."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_TASK_BODY:
+            return _error(413, f"task request larger than {MAX_TASK_BODY} bytes")
     try:
-        spec = msgspec.json.decode(await request.body(), type=TaskSpec)
+        spec = msgspec.json.decode(bytes(body), type=TaskSpec)
     except msgspec.DecodeError as exc:
         return _error(400, f"bad task request: {exc}")
     if spec.timeout is not None and not spec.timeout > 0:

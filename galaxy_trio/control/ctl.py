@@ -33,8 +33,9 @@ def _age(seconds: float | None) -> str:
 
 
 def devices_table(rows: list[dict[str, Any]], width: int) -> str:
-    """The devices as a plain table that fits ``width`` columns (the failure reason takes what is left)."""
-    header = ("DEVICE", "STATUS", "PHASE", "TRY", "IN PHASE", "HEARTBEAT", "QUEUE", "TASK", "REASON")
+    """The devices as a plain table for ``width`` columns. Failure reasons are shown in full: in a column when
+    they fit, else each on a line of its own under the table."""
+    header = ("DEVICE", "STATUS", "PHASE", "TRY", "IN PHASE", "HEARTBEAT", "QUEUE", "TASK")
     lines = [
         (
             row["device_id"],
@@ -45,19 +46,23 @@ def devices_table(rows: list[dict[str, Any]], width: int) -> str:
             _age(row.get("heartbeat_age_s")),
             str(row.get("queue_depth", 0)),
             row.get("current_task") or "-",
-            row.get("failure_reason") or "",
         )
         for row in rows
     ]
+    reasons = [row.get("failure_reason") or "" for row in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     widths[0] = min(widths[0], 24)
     widths[7] = min(widths[7], 16)
-    fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    widths[-1] = max(10, width - fixed)
+    left = width - sum(widths) - 2 * len(widths)
+    in_column = any(reasons) and max(len(r) for r in reasons) <= max(left, len("REASON"))
     out = []
-    for line in (header, *lines):
+    for line, reason in zip((header, *lines), ("REASON" if in_column else "", *reasons), strict=True):
         cells = [_fit(cell, w) for cell, w in zip(line, widths, strict=True)]
+        if in_column:
+            cells.append(reason)
         out.append("  ".join(cells).rstrip())
+    if not in_column:
+        out.extend(f"{row['device_id']}: {reason}" for row, reason in zip(rows, reasons, strict=True) if reason)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

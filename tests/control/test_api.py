@@ -188,6 +188,8 @@ async def test_task_refusals_are_4xx_with_the_librarys_reason() -> None:
         assert bad_timeout.status_code == 400 and "timeout" in bad_timeout.json()["error"]
         not_json = await client.post("/api/tasks", content=b"\xff\x00")
         assert not_json.status_code == 400
+        huge = await client.post("/api/tasks", json={"device_id": "alpha", "request": "x" * (2 << 20)})
+        assert huge.status_code == 413 and "larger than 1048576 bytes" in huge.json()["error"]
 
 
 async def test_a_full_queue_is_429_with_the_librarys_reason() -> None:

@@ -84,3 +84,31 @@ def test_sse_frames() -> None:
 )
 def test_failure_reasons_are_classed(reason: str | None, cls: str) -> None:
     assert reason_class(reason) == cls
+
+
+def _row(device_id: str, status: str, reason: str | None = None) -> dict[str, object]:
+    return {
+        "device_id": device_id,
+        "status": status,
+        "phase": "active" if status == "idle" else None,
+        "attempt": 0,
+        "time_in_phase_s": 65.0,
+        "heartbeat_age_s": 3.0 if status == "idle" else None,
+        "queue_depth": 0,
+        "current_task": None,
+        "failure_reason": reason,
+    }
+
+
+def test_the_ctl_table_shows_failure_reasons_in_full_at_any_width() -> None:
+    from galaxy_trio.control.ctl import devices_table
+
+    reason = "gave up after 5 consecutive failed attempts; last: Target device 'kiosk' is not connected"
+    rows = [_row("office", "idle"), _row("kiosk", "failed", reason)]
+    narrow = devices_table(rows, 80).splitlines()  # type: ignore[arg-type]
+    assert all(len(line) <= 80 for line in narrow[:3])
+    assert "REASON" not in narrow[0] and f"kiosk: {reason}" in narrow
+    assert narrow[1].split()[:6] == ["office", "idle", "active", "0", "1m", "3s"]
+    wide = devices_table(rows, 200).splitlines()  # type: ignore[arg-type]
+    assert wide[0].endswith("REASON") and wide[2].endswith(reason)
+    assert wide[-1] == narrow[-1] == "1 failed, 1 idle"

@@ -182,3 +182,37 @@ async def test_ctl_events_follows_the_stream_until_interrupted() -> None:
             with trio.fail_after(20):
                 await process.wait()
         assert process.returncode == 0
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TRIO_CONTROL")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "galaxy_trio", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=60
+    )
+
+
+def test_run_refuses_a_bad_or_remote_control_address_before_starting(tmp_path: Path) -> None:
+    config = str(_local_config(tmp_path))
+    remote = _run_cli("run", config, "--control", "0.0.0.0:0")
+    assert remote.returncode == 2
+    assert remote.stderr.startswith("error: --control: refusing to serve the control API on '0.0.0.0'")
+    assert len(remote.stderr.splitlines()) == 1
+    for text, needle in (("127.0.0.1", "has no port"), ("127.0.0.1:x", "is not a number")):
+        bad = _run_cli("run", config, "--control", text)
+        assert bad.returncode == 2 and needle in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def test_run_with_a_control_port_in_use_fails_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run_cli("run", str(_local_config(tmp_path)), "--once", "--control", f"127.0.0.1:{port}")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: control address 127.0.0.1:{port} is already in use; choose another port (0: any free one)"
+    ]

@@ -9,8 +9,8 @@ registry: two managers in one process do not mix their figures.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Final, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -35,6 +35,44 @@ class Counted(Protocol):
 
     @property
     def dropped(self) -> int: ...
+
+
+class ServerView(Protocol):
+    """What the metrics read of an AIP server (``galaxy_trio.server.AIPServer``) running in the same process."""
+
+    @property
+    def url(self) -> str | None: ...
+
+    def online_clients(self) -> Mapping[str, Any]: ...
+
+    def running_sessions(self) -> Mapping[str, str]: ...
+
+
+class _ServerCollector(Collector):
+    """The device side's gauges, for AIP servers served by this process (local mode): clients by type, sessions."""
+
+    def __init__(self, servers: Sequence[ServerView]) -> None:
+        self._servers = list(servers)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        clients = GaugeMetricFamily(
+            "galaxy_trio_server_clients", "Clients registered with an AIP server, by type", labels=["server", "type"]
+        )
+        sessions = GaugeMetricFamily(
+            "galaxy_trio_server_sessions_running",
+            "Sessions (tasks) running or waiting on an AIP server",
+            labels=["server"],
+        )
+        for server in self._servers:
+            name = server.url or "not listening"
+            by_type: dict[str, int] = {"device": 0, "constellation": 0}
+            for role in server.online_clients().values():
+                key = str(getattr(role, "value", role))
+                by_type[key] = by_type.get(key, 0) + 1
+            for kind, count in by_type.items():
+                clients.add_metric([name, kind], count)
+            sessions.add_metric([name], len(server.running_sessions()))
+        return [clients, sessions]
 
 
 class _FleetCollector(Collector):
@@ -82,10 +120,12 @@ class _Progress:
 class ControlMetrics:
     """The registry behind ``/metrics``; feed it every manager event with :meth:`observe`."""
 
-    def __init__(self, states: Callable[[], Mapping[str, DeviceState]]) -> None:
+    def __init__(self, states: Callable[[], Mapping[str, DeviceState]], servers: Sequence[ServerView] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         r.register(_FleetCollector(states))
+        if servers:
+            r.register(_ServerCollector(servers))
         self.attempts = Counter("galaxy_trio_connection_attempts", "Connection attempts started", registry=r)
         self.failures = Counter(
             "galaxy_trio_connection_failures",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from functools import partial
 from typing import Final, cast
 
@@ -22,7 +23,7 @@ from .address import check_bind, format_host
 from .app import ControlContext, build_app
 from .auth import ControlToken, new_token
 from .fleet import FleetControl
-from .metrics import ControlMetrics
+from .metrics import ControlMetrics, ServerView
 from .state import StateReader
 from .tasks import TaskBoard
 
@@ -64,6 +65,7 @@ async def serve_control(
     allow_remote: bool = False,
     sse_buffer: int = SSE_BUFFER,
     fleet: FleetControl | None = None,
+    servers: Sequence[ServerView] = (),
     task_status: trio.TaskStatus[ControlEndpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control plane of ``manager`` until cancelled; ``nursery.start`` returns its :class:`ControlEndpoint`.
@@ -82,7 +84,7 @@ async def serve_control(
     secret = token or new_token()
     control_token = ControlToken(secret)
     states_reader = StateReader(manager)
-    metrics = ControlMetrics(states_reader.states)
+    metrics = ControlMetrics(states_reader.states, servers)
     with manager.subscribe(CORE_EVENT_BUFFER) as events:
         async with trio.open_nursery() as nursery:
             board = TaskBoard(manager, nursery, fleet)

@@ -18,7 +18,7 @@ import trio
 from galaxy_trio import ConstellationDeviceManager, DeviceConfig, DeviceStatus
 from galaxy_trio.agent import DeviceAgent
 from galaxy_trio.control import ControlEndpoint, serve_control
-from galaxy_trio.server import serve_aip
+from galaxy_trio.server import AIPServer, serve_aip
 
 AIP_TOKEN = "control-rig-aip-token"
 CONTROL_TOKEN = "control-rig-token-0123456789"
@@ -36,6 +36,7 @@ class Rig:
     #: The control server's cancel scope, and an event set once it has stopped.
     control: tuple[trio.CancelScope, trio.Event] = field(default_factory=lambda: (trio.CancelScope(), trio.Event()))
     sse_buffer: int = 256
+    server: AIPServer | None = None
 
     @property
     def url(self) -> str:
@@ -68,7 +69,9 @@ class Rig:
     async def start_control(self) -> None:
         """Serve the control plane again, on the same port and with the same token."""
         port = int(self.endpoint.url.rstrip("/").rsplit(":", 1)[1])
-        self.endpoint, self.control = await _start_control(self.nursery, self.manager, port, self.sse_buffer)
+        self.endpoint, self.control = await _start_control(
+            self.nursery, self.manager, port, self.sse_buffer, self.server
+        )
 
     def kill_agent(self, device_id: str) -> None:
         self.agents.pop(device_id).cancel()
@@ -89,7 +92,7 @@ async def _run_agent(scope: trio.CancelScope, agent: DeviceAgent, *, task_status
 
 
 async def _start_control(
-    nursery: trio.Nursery, manager: ConstellationDeviceManager, port: int, sse_buffer: int
+    nursery: trio.Nursery, manager: ConstellationDeviceManager, port: int, sse_buffer: int, server: AIPServer | None
 ) -> tuple[ControlEndpoint, tuple[trio.CancelScope, trio.Event]]:
     scope = trio.CancelScope()
     stopped = trio.Event()
@@ -98,7 +101,12 @@ async def _start_control(
         try:
             with scope:
                 await serve_control(
-                    manager, port=port, token=CONTROL_TOKEN, sse_buffer=sse_buffer, task_status=task_status
+                    manager,
+                    port=port,
+                    token=CONTROL_TOKEN,
+                    sse_buffer=sse_buffer,
+                    servers=() if server is None else (server,),
+                    task_status=task_status,
                 )
         finally:
             stopped.set()
@@ -128,8 +136,8 @@ async def open_rig(
         async with ConstellationDeviceManager(
             task_name="ctl", reconnect_delay=0.05, backoff_cap=0.2, heartbeat_interval=30.0
         ) as manager:
-            endpoint, control = await _start_control(nursery, manager, 0, sse_buffer)
-            rig = Rig(manager, endpoint, aip_url, nursery, control=control, sse_buffer=sse_buffer)
+            endpoint, control = await _start_control(nursery, manager, 0, sse_buffer, server)
+            rig = Rig(manager, endpoint, aip_url, nursery, control=control, sse_buffer=sse_buffer, server=server)
             for device_id in (*device_ids, *dormant):
                 await rig.start_agent(device_id)
             for device_id in device_ids:

@@ -89,6 +89,13 @@ async def test_queue_depth_and_running_tasks_are_read_from_the_manager() -> None
         assert samples[("galaxy_trio_tasks_running", ())] == 1
         assert samples[("galaxy_trio_task_queue_depth", ())] == 2
         assert samples[("galaxy_trio_devices", (("status", "busy"),))] == 1
+        server = rig.server
+        assert server is not None and server.url
+        # One session: the manager sends a device one task at a time (the other two wait in its queue).
+        assert samples[("galaxy_trio_server_sessions_running", (("server", server.url),))] == 1
+        assert samples[("galaxy_trio_server_clients", (("server", server.url), ("type", "device")))] == 4
+        # The constellation side: this manager's four links (one per device it drives).
+        assert samples[("galaxy_trio_server_clients", (("server", server.url), ("type", "constellation")))] == 4
         rig.gates["g"].set()
         for n in range(3):
             assert (await client.get(f"/api/tasks/h{n}?wait=true")).json()["status"] == "completed"

@@ -66,6 +66,7 @@ def _statuses(driver: WebDriver) -> dict[str, str]:
 
 
 def _open(driver: WebDriver, rig: Rig, token: str = CONTROL_TOKEN) -> None:
+    driver.get_log("browser")  # drained: what a test reads is from its own page only
     driver.get(rig.url)
     field = _until(driver, lambda d: d.find_element(By.ID, "token-input"))
     _until(driver, lambda d: field.is_displayed())
@@ -114,6 +115,8 @@ async def test_every_device_has_its_row_and_a_killed_agent_shows_without_reload(
         feed = await _do(lambda: browser.find_element(By.ID, "events").text)
         assert "web2 status" in feed and "failed" in feed
         assert await _do(browser.execute_script, "return window.performance.timeOrigin") == marker  # no reload
+        severe = [entry for entry in await _do(browser.get_log, "browser") if entry["level"] == "SEVERE"]
+        assert severe == []  # no script error, no failed request
         await _do(browser.save_screenshot, str(tmp_path / "dashboard.png"))
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 

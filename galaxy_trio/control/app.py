@@ -49,6 +49,8 @@ SSE_KEEPALIVE: Final = 15.0
 #: A client that dropped events gets a fresh snapshot once it has caught up, at most this often (seconds): a
 #: snapshot is the whole fleet, and a client that never catches up (never reads) must not cost one per burst.
 SSE_RESYNC_INTERVAL: Final = 1.0
+#: How long a device listing waits for the fleet registry before showing this member's view only (seconds).
+FLEET_READ_BOUND: Final = 2.0
 #: The largest ``POST /api/tasks`` body read (the AIP server's default frame bound).
 MAX_TASK_BODY: Final = 1 << 20
 
@@ -116,10 +118,13 @@ class ControlContext:
         rows = self.devices(now)
         if self.fleet is None:
             return rows
-        try:
-            snapshot = await self.fleet.read_fleet()
-        except GalaxyTrioError as exc:  # the registry is down: this member's view, with owner unknown
-            logger.warning("fleet registry unreachable, showing this member's devices only: %s", exc)
+        snapshot = None
+        with trio.move_on_after(FLEET_READ_BOUND):
+            try:
+                snapshot = await self.fleet.read_fleet()
+            except GalaxyTrioError as exc:  # the registry is down: this member's view, with owner unknown
+                logger.warning("fleet registry unreachable, showing this member's devices only: %s", exc)
+        if snapshot is None:
             return rows
         records = {record.device_id: record for record in snapshot.devices}
         for row in rows:

@@ -13,7 +13,7 @@ import trio
 from galaxy_trio import ConstellationDeviceManager, DeviceStatus
 from galaxy_trio.agent import DeviceAgent
 from galaxy_trio.control import ControlEndpoint, serve_control
-from galaxy_trio.fleet import FleetMember, MemoryRegistry, open_fleet_member
+from galaxy_trio.fleet import FleetMember, MemoryRegistry, RegistryUnavailable, open_fleet_member
 from galaxy_trio.server import serve_aip
 
 from .rig import AIP_TOKEN, CONTROL_TOKEN, device
@@ -80,3 +80,47 @@ async def test_devices_name_their_owner_and_tasks_reach_another_members_device()
             assert refused.status_code == 409 and "not driven by this fleet member" in refused.json()["error"]
             mine = a.owned[0]
             assert (await client.post(f"/api/devices/{mine}/disconnect")).status_code == 200
+
+
+class _MemberWithoutRegistry:
+    """A fleet member whose registry is down: it owns ``mine`` and cannot read the fleet."""
+
+    def __init__(self, manager: ConstellationDeviceManager, mine: set[str], hang: bool) -> None:
+        self.member_id = "lonely"
+        self.manager = manager
+        self._mine = mine
+        self._hang = hang
+
+    def owns(self, device_id: str) -> bool:
+        return device_id in self._mine
+
+    async def assign_task_to_device(self, *args: object) -> object:
+        raise RegistryUnavailable("registry down")
+
+    async def read_fleet(self) -> object:
+        if self._hang:
+            await trio.sleep_forever()
+        raise RegistryUnavailable("registry down")
+
+
+async def test_an_unreachable_registry_leaves_this_members_view_and_refuses_routed_tasks() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, port=0, token=AIP_TOKEN))
+        url = f"{server.url}?token={AIP_TOKEN}"
+        await nursery.start(DeviceAgent(url, "solo").run)
+        async with ConstellationDeviceManager(task_name="lonely") as manager:
+            assert await manager.register_device("solo", url)
+            manager.add_device(device("elsewhere", url, auto_connect=False))
+            for hang in (False, True):
+                member = _MemberWithoutRegistry(manager, {"solo"}, hang)
+                endpoint = await nursery.start(
+                    partial(serve_control, manager, port=0, token=CONTROL_TOKEN, fleet=member)  # type: ignore[arg-type]
+                )
+                headers = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
+                async with httpx.AsyncClient(base_url=endpoint.url, headers=headers, timeout=30) as client:
+                    rows = {r["device_id"]: r for r in (await client.get("/api/devices")).json()}
+                    assert rows["solo"]["owner"] == "lonely" and rows["solo"]["status"] == "idle"
+                    assert rows["elsewhere"]["owner"] is None
+                    task = await client.post("/api/tasks", json={"device_id": "elsewhere", "request": ECHO})
+                    assert task.status_code == 409 and "not routed: registry down" in task.json()["error"]
+        nursery.cancel_scope.cancel()

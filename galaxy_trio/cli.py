@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_task, _add_status, _add_check, _add_serve, _add_agent):
+    for add in (_add_run, _add_task, _add_status, _add_check, _add_serve, _add_agent, _add_ctl):
         add(sub, common)
     return parser
 
@@ -119,6 +119,15 @@ def _add_run(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "--redis",
         metavar="URL",
         help="fleet mode: join the managers sharing this Redis (redis://HOST:PORT/DB); needs the 'fleet' extra",
+    )
+    run.add_argument(
+        "--control",
+        metavar="HOST:PORT",
+        help="serve the control API and dashboard there (port 0: any free one; the URL and token are printed"
+        " once; token from $GALAXY_TRIO_CONTROL_TOKEN if set); needs the 'control' extra",
+    )
+    run.add_argument(
+        "--control-allow-remote", action="store_true", help="let --control bind an address that is not loopback"
     )
 
 
@@ -163,6 +172,36 @@ def _add_agent(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     agent.add_argument("--platform", help="override the detected platform (windows, linux, darwin…)")
 
 
+def _add_ctl(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    ctl = sub.add_parser("ctl", parents=[common], help="steer a running 'run --control' through its control API")
+    # Options shared by every action, accepted after the action (ctl devices --control URL).
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--control",
+        metavar="URL",
+        default=os.environ.get("GALAXY_TRIO_CONTROL_URL"),
+        help="the URL 'run --control' printed (default: $GALAXY_TRIO_CONTROL_URL)",
+    )
+    shared.add_argument(
+        "--token-env",
+        metavar="NAME",
+        default="GALAXY_TRIO_CONTROL_TOKEN",
+        help="environment variable holding the control token (default GALAXY_TRIO_CONTROL_TOKEN)",
+    )
+    shared.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
+    actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("devices", parents=[common, shared], help="every device with its live state")
+    for name, text in (("connect", "bring a FAILED or stopped device back"), ("disconnect", "stop a device")):
+        action = actions.add_parser(name, parents=[common, shared], help=text)
+        action.add_argument("device_id", metavar="ID")
+    task = actions.add_parser("task", parents=[common, shared], help="run a task on a device the manager drives")
+    task.add_argument("device_id", metavar="ID")
+    task.add_argument("request", help="the task text")
+    task.add_argument("--task-id", help="the task id (default: generated)")
+    task.add_argument("--timeout", type=float, help="seconds the task may take, queue time included")
+    actions.add_parser("events", parents=[common, shared], help="follow the event stream until Ctrl-C")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m galaxy_trio`` and the ``galaxy-trio`` script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -188,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if not args.verbose:
         logging.getLogger("trio-websocket").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # ctl: one line per request otherwise
     commands: dict[str, Callable[[argparse.Namespace], Any]] = {
         "run": _run,
         "task": _task,
@@ -195,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "serve": _serve,
         "agent": _agent,
+        "ctl": _ctl,
     }
     if args.command in ("run", "serve", "agent", "task"):
         tune_gc()  # long-running fleet processes: see galaxy_trio/runtime.py
@@ -332,13 +373,20 @@ async def _run(args: argparse.Namespace) -> int:
     local = args.local or config.local
     if not local:
         _check_tokens(config.devices)
+    control = _control_address(args)
     profiles: list[Any] = []
     status = EXIT_OK
     try:
-        async with _fleet(_manager_settings(config), config.devices, local) as (manager, devices):
+        async with (
+            _fleet(_manager_settings(config), config.devices, local) as (manager, devices),
+            # In fleet mode the control server starts with the fleet member (it routes tasks through it).
+            _open_control(manager, None if args.redis else control, allow_remote=args.control_allow_remote),
+        ):
             try:
                 if args.redis:
-                    status = await _run_fleet_member(manager, devices, args.redis)
+                    status = await _run_fleet_member(
+                        manager, devices, args.redis, control=control, allow_remote=args.control_allow_remote
+                    )
                 else:
                     status = await _bring_up(
                         manager, devices, console=args.console, config_path=args.config, once=args.once
@@ -351,6 +399,45 @@ async def _run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(profiles_json(profiles) + b"\n")
             sys.stdout.flush()
     return status
+
+
+def _control_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """``--control HOST:PORT`` checked before anything starts (and the 'control' extra there)."""
+    if args.control is None:
+        return None
+    if importlib.util.find_spec("hypercorn") is None or importlib.util.find_spec("starlette") is None:
+        raise UsageError("--control needs the 'control' extra: pip install 'galaxy_trio[control]'")
+    from .control import ControlAddressError, parse_hostport
+    from .control.address import check_bind
+
+    try:
+        host, port = parse_hostport(args.control)
+        check_bind(host, allow_remote=args.control_allow_remote)
+    except ControlAddressError as exc:
+        raise UsageError(f"--control: {exc}") from None
+    return host, port
+
+
+@asynccontextmanager
+async def _open_control(
+    manager: Any, address: tuple[str, int] | None, *, allow_remote: bool, fleet: Any = None
+) -> AsyncIterator[None]:
+    """The control server for ``manager`` while the block runs (nothing without ``--control``)."""
+    if address is None:
+        yield
+        return
+    from .control import serve_control
+
+    host, port = address
+    given = os.environ.get("GALAXY_TRIO_CONTROL_TOKEN") or None
+    async with open_service_nursery() as nursery:
+        endpoint = await nursery.start(
+            partial(serve_control, manager, host=host, port=port, token=given, allow_remote=allow_remote, fleet=fleet)
+        )
+        # Printed once, on purpose (like `serve`'s token); never logged.
+        token_line = "from $GALAXY_TRIO_CONTROL_TOKEN" if given else endpoint.token
+        print(f"dashboard and control API: {endpoint.url}\ncontrol token: {token_line}", file=sys.stderr, flush=True)
+        yield
 
 
 def _check_tokens(devices: Sequence[DeviceConfig]) -> None:
@@ -390,11 +477,21 @@ async def _bring_up(
     return EXIT_OK if idle == len(settled) else EXIT_FAILED
 
 
-async def _run_fleet_member(manager: Any, devices: Sequence[DeviceConfig], redis_url: str) -> int:
+async def _run_fleet_member(
+    manager: Any,
+    devices: Sequence[DeviceConfig],
+    redis_url: str,
+    *,
+    control: tuple[str, int] | None = None,
+    allow_remote: bool = False,
+) -> int:
     """Fleet mode: this manager drives only the devices whose lease it holds in Redis."""
     from .fleet import open_fleet_member
 
-    async with open_fleet_member(manager, redis_url, devices) as member:
+    async with (
+        open_fleet_member(manager, redis_url, devices) as member,
+        _open_control(manager, control, allow_remote=allow_remote, fleet=member),
+    ):
         logger.info("joined the fleet at %s as %s", redact_url(redis_url), member.member_id)
         await trio.sleep_forever()
     return EXIT_OK
@@ -461,6 +558,27 @@ async def _task(args: argparse.Namespace) -> int:
         print(f"task {result.task_id} on {result.device_id}: {outcome}", file=sys.stderr)
         print(msgspec.json.encode(result.result).decode())
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# --- ctl ---------------------------------------------------------------------------------------------------------
+
+
+async def _ctl(args: argparse.Namespace) -> int:
+    if not args.control:
+        raise UsageError("ctl needs --control URL (the URL 'run --control' printed) or $GALAXY_TRIO_CONTROL_URL")
+    if not args.control.startswith(("http://", "https://")) or not urlsplit(args.control).hostname:
+        raise UsageError(f"--control {args.control!r} is not an http:// URL; give the URL 'run --control' printed")
+    if importlib.util.find_spec("httpx") is None:
+        raise UsageError("ctl needs the 'control' extra: pip install 'galaxy_trio[control]'")
+    token = os.environ.get(args.token_env)
+    if not token:
+        raise UsageError(
+            f"environment variable {args.token_env!r} is not set; it must hold the control token 'run --control'"
+            " printed"
+        )
+    from .control.ctl import run_ctl
+
+    return await run_ctl(args.action, args, args.control, token)
 
 
 # --- serve and agent ---------------------------------------------------------------------------------------------

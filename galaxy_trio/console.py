@@ -26,7 +26,15 @@ from rich.text import Text
 
 from .manager import AgentProfile, DeviceEvent, DeviceStatus, EventKind, EventSubscription
 
-__all__ = ["FleetView", "console_log_handler", "fleet_table", "open_live_table", "profiles_json", "run_title"]
+__all__ = [
+    "FleetView",
+    "console_log_handler",
+    "fleet_table",
+    "open_live_table",
+    "profile_row",
+    "profiles_json",
+    "run_title",
+]
 
 _PHASE_LABELS = {
     "connect": "2 connect",
@@ -279,20 +287,22 @@ async def open_live_table(
         live.stop()
 
 
+def profile_row(p: AgentProfile) -> dict[str, Any]:
+    """One profile as ``--json`` prints it (also the control API's device fields); no token in it."""
+    return {
+        "device_id": p.device_id,
+        "status": p.status.value,
+        "server_url": p.server_url,
+        "os": p.os,
+        "capabilities": p.capabilities,
+        "metadata": p.metadata,
+        "connection_attempts": p.connection_attempts,
+        "last_heartbeat": p.last_heartbeat.isoformat() if p.last_heartbeat else None,
+        "failure_reason": p.failure_reason,
+    }
+
+
 def profiles_json(profiles: Iterable[AgentProfile]) -> bytes:
     """The final profiles as a JSON array (tokens are never in a profile: server_url is the redacted form)."""
-    rows: list[dict[str, Any]] = [
-        {
-            "device_id": p.device_id,
-            "status": p.status.value,
-            "server_url": p.server_url,
-            "os": p.os,
-            "capabilities": p.capabilities,
-            "metadata": p.metadata,
-            "connection_attempts": p.connection_attempts,
-            "last_heartbeat": p.last_heartbeat.isoformat() if p.last_heartbeat else None,
-            "failure_reason": p.failure_reason,
-        }
-        for p in profiles
-    ]
+    rows = [profile_row(p) for p in profiles]
     return msgspec.json.format(msgspec.json.encode(rows), indent=2)

@@ -9,7 +9,6 @@ __all__ = [
     "HandshakeRejected",
     "LinkClosed",
     "LinkError",
-    "RegistrationRejected",
 ]
 
 
@@ -49,22 +48,3 @@ class BinaryFrame(LinkError):
     def __init__(self, size: int) -> None:
         super().__init__(f"binary frame of {size} bytes received; AIP frames are JSON text")
         self.size = size
-
-
-class RegistrationRejected(LinkError):
-    """The server answered REGISTER with an ERROR frame; the one class for the manager and the device agent.
-
-    ``reason`` is the server's text. ``retryable`` says whether registering again later can succeed without anyone
-    changing anything; it follows :func:`galaxy_trio.aip.client_protocol.registration_verdict`'s policy for the
-    role that registered (a constellation: only "target device not connected"; a device: every refusal).
-    """
-
-    def __init__(self, reason: str, *, retryable: bool = False) -> None:
-        super().__init__(f"registration rejected by the server: {reason}")
-        self.reason = reason
-        self.retryable = retryable
-
-    @property
-    def text(self) -> str:
-        """The server's text (the device agent's former name for :attr:`reason`)."""
-        return self.reason

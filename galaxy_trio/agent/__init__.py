@@ -10,7 +10,6 @@ from .device_info import DeviceInfoProvider, SystemProbes, detect_ip_address, mi
 from .errors import (
     AgentStopped,
     AuthenticationRejected,
-    HandshakeRefused,
     LinkDead,
     ProtocolViolation,
     RegistrationRejected,
@@ -35,7 +34,6 @@ __all__ = [
     "AuthenticationRejected",
     "DeviceAgent",
     "DeviceInfoProvider",
-    "HandshakeRefused",
     "LinkDead",
     "ParameterError",
     "ProtocolViolation",

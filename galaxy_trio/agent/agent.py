@@ -41,14 +41,13 @@ from ..aip import (
     ResultStatus,
     ServerMessage,
     ServerMessageType,
+    TaskStatus,
     builders,
     decode_server_message,
     json_error,
-    utc_timestamp,
 )
-from ..aip.client_protocol import Beat, HeartbeatClock, handshake_outcome, registration_verdict, url_problem
 from ..backoff import Backoff
-from ..errors import BinaryFrame, HandshakeRejected, LinkClosed, LinkError, RegistrationRejected
+from ..errors import BinaryFrame, HandshakeRejected, LinkClosed, LinkError
 from ..redact import redact_url
 from ..transport import (
     CLOSE_MESSAGE_TOO_BIG,
@@ -61,9 +60,9 @@ from ..transport import (
 from .device_info import DeviceInfoProvider
 from .errors import (
     AuthenticationRejected,
-    HandshakeRefused,
     LinkDead,
     ProtocolViolation,
+    RegistrationRejected,
     RegistrationTimeout,
     RetriesExhausted,
 )
@@ -72,6 +71,9 @@ from .tools import ToolExecutor, ToolRegistry, default_tools
 __all__ = ["AgentStats", "DeviceAgent", "serve_device_agent"]
 
 logger = logging.getLogger("galaxy_trio.agent")
+
+#: HTTP statuses at the handshake that retrying cannot fix: the token is wrong or missing.
+_PERMANENT_HANDSHAKE_STATUSES = frozenset({401, 403})
 
 
 @dataclass(slots=True)
@@ -92,13 +94,13 @@ class AgentStats:
 class _Connection:
     """State of one registered link, shared by its reader, heartbeat and command tasks."""
 
-    __slots__ = ("close_code", "failure", "last_frame_at", "link", "nursery")
+    __slots__ = ("awaiting_since", "close_code", "failure", "link", "nursery")
 
     def __init__(self, link: ClientLink, nursery: trio.Nursery) -> None:
         self.link = link
         self.nursery = nursery
-        #: When the reader last got a frame (on trio's clock): any frame answers the heartbeats sent before it.
-        self.last_frame_at = trio.current_time()
+        #: When the oldest heartbeat not yet followed by any incoming frame was sent; None when none is pending.
+        self.awaiting_since: float | None = None
         self.failure: LinkError | None = None
         self.close_code: int | None = None
 
@@ -144,9 +146,8 @@ class DeviceAgent:
         rng: random.Random | None = None,
     ) -> None:
         shown_url = redact_url(server_url)
-        problem = url_problem(server_url)
-        if problem is not None:  # what no retry can fix is refused here, not retried forever
-            raise ValueError(f"server_url {shown_url!r} cannot work: {problem}")
+        if not server_url.startswith(("ws://", "wss://")):
+            raise ValueError(f"server_url must be a ws:// or wss:// URL, got {shown_url!r}")
         if not device_id:
             raise ValueError("device_id must be a non-empty string")
         for name, value in (
@@ -160,9 +161,9 @@ class DeviceAgent:
             raise ValueError(f"max_retries must be >= 0 or None, got {max_retries!r}")
         if platform is not None and info_provider is not None:
             raise ValueError("pass platform either to DeviceAgent or to its DeviceInfoProvider, not both")
-        metadata_problem = None if custom_metadata is None else json_error(custom_metadata)
-        if metadata_problem is not None:
-            raise ValueError(f"custom_metadata must be JSON-serialisable: {metadata_problem}")
+        problem = None if custom_metadata is None else json_error(custom_metadata)
+        if problem is not None:
+            raise ValueError(f"custom_metadata must be JSON-serialisable: {problem}")
 
         self.device_id = device_id
         self._url = server_url
@@ -260,17 +261,11 @@ class DeviceAgent:
                 try:
                     await self._connect_once(on_registered)
                 except HandshakeRejected as exc:
-                    outcome = handshake_outcome(exc.status_code, self._shown_url)
-                    if outcome.permanent:
-                        refused = AuthenticationRejected if exc.status_code in (401, 403) else HandshakeRefused
-                        stop = refused(exc.status_code, outcome.reason)
+                    if exc.status_code in _PERMANENT_HANDSHAKE_STATUSES:
+                        stop = AuthenticationRejected(exc.status_code, self._shown_url)
                         logger.error("device %r: %s", self.device_id, stop)
                         raise stop from None
                     error: LinkError = exc
-                except RegistrationRejected as exc:
-                    if not exc.retryable:
-                        raise
-                    error = exc
                 except LinkError as exc:
                     error = exc
                 failures += 1
@@ -335,21 +330,20 @@ class DeviceAgent:
         raise RegistrationTimeout(f"could not connect within {self._registration_timeout:g} s")
 
     async def _await_confirmation(self, link: ClientLink) -> None:
-        """The first frame after REGISTER decides (:func:`~galaxy_trio.aip.client_protocol.registration_verdict`)."""
+        """The first frame after REGISTER decides: ``heartbeat``/``ok`` confirms, ``error`` rejects (§6, §8.1)."""
         text = await link.receive()
         self.stats.frames_received += 1
         reply = self._decode(text)
-        verdict = registration_verdict(reply, ClientType.DEVICE)
-        if verdict is None:
+        if reply.type is ServerMessageType.ERROR:
+            self.stats.rejections += 1
+            rejected = RegistrationRejected(reply.error or "(no error text)")
+            logger.error("device %r: %s", self.device_id, rejected)
+            raise rejected
+        if reply.type is not ServerMessageType.HEARTBEAT or reply.status is not TaskStatus.OK:
             self.stats.invalid_frames += 1
             raise ProtocolViolation(
                 f"expected a heartbeat/ok registration confirmation, got {reply.type.value}/{reply.status.value}"
             )
-        if not verdict.confirmed:
-            self.stats.rejections += 1
-            rejected = RegistrationRejected(verdict.reason or "(no error text)", retryable=verdict.retryable)
-            logger.error("device %r: %s", self.device_id, rejected)
-            raise rejected
 
     def _decode(self, text: str) -> ServerMessage:
         try:
@@ -390,7 +384,7 @@ class DeviceAgent:
                     )
                 conn.fail(exc)
                 return
-            conn.last_frame_at = trio.current_time()
+            conn.awaiting_since = None
             self.stats.frames_received += 1
             try:
                 message = self._decode(text)
@@ -424,31 +418,41 @@ class DeviceAgent:
     async def _heartbeats(self, conn: _Connection) -> None:
         """Send a heartbeat every interval; fail the link when one is followed by silence for ``heartbeat_timeout``.
 
-        Cadence and liveness are :class:`~galaxy_trio.aip.client_protocol.HeartbeatClock`'s (shared with the
-        manager). The reader only stamps ``last_frame_at`` (no event per frame); this task wakes when the clock
-        says something may be due and asks it.
+        The reader only clears ``awaiting_since`` (no event per frame); this task wakes at the next heartbeat or
+        the pending deadline, whichever is first, and re-checks.
         """
-        clock = HeartbeatClock(self._heartbeat_interval, self._heartbeat_timeout, now=trio.current_time())
-        frame = builders.heartbeat(self.device_id, ClientType.DEVICE)
+        interval = self._heartbeat_interval
+        timeout = self._heartbeat_timeout
+        next_beat = trio.current_time() + interval
         while True:
-            await trio.sleep_until(clock.wake_at)
+            pending = conn.awaiting_since
+            await trio.sleep_until(next_beat if pending is None else min(next_beat, pending + timeout))
             now = trio.current_time()
-            beat = clock.poll(now, last_frame_at=conn.last_frame_at, unread=conn.link.has_unread_data())
-            if beat is Beat.DEAD:
+            pending = conn.awaiting_since
+            if pending is not None and now >= pending + timeout:
+                if conn.link.has_unread_data():
+                    # The server did answer; this loop is behind and the reader has not got to it yet. Not
+                    # silence: give the reader one more window rather than drop a live link (on a loaded host
+                    # that would re-register it into the very backlog that delayed it).
+                    conn.awaiting_since = now
+                    continue
                 self.stats.dead_links += 1
-                dead = LinkDead(f"no frame from the server within {clock.timeout:g} s of a heartbeat")
+                dead = LinkDead(f"no frame from the server within {timeout:g} s of a heartbeat")
                 logger.warning("device %r: %s", self.device_id, dead)
                 conn.fail(dead)
                 return
-            if beat is Beat.SEND:
-                frame.timestamp = utc_timestamp()
+            if now >= next_beat:
+                if conn.awaiting_since is None:
+                    conn.awaiting_since = now
                 try:
-                    await conn.link.send(frame)
+                    await conn.link.send(builders.heartbeat(self.device_id, ClientType.DEVICE))
                 except LinkClosed as exc:
                     conn.fail(exc)
                     return
-                clock.sent(now)
                 self.stats.heartbeats_sent += 1
+                next_beat += interval
+                if next_beat <= now:  # the loop fell behind (a blocked host): one heartbeat, not a burst
+                    next_beat = now + interval
 
     async def _answer_command(self, conn: _Connection, command: ServerMessage) -> None:
         """Exactly one COMMAND_RESULTS per COMMAND: one Result per action, in order, ``call_id`` echoed."""

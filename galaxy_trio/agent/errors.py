@@ -7,12 +7,11 @@ reconnect with backoff, like the transport's own link errors.
 
 from __future__ import annotations
 
-from ..errors import GalaxyTrioError, LinkError, RegistrationRejected
+from ..errors import GalaxyTrioError, LinkError
 
 __all__ = [
     "AgentStopped",
     "AuthenticationRejected",
-    "HandshakeRefused",
     "LinkDead",
     "ProtocolViolation",
     "RegistrationRejected",
@@ -25,26 +24,19 @@ class AgentStopped(GalaxyTrioError):
     """The agent gave up: :meth:`DeviceAgent.run` raises a subclass of this."""
 
 
-class HandshakeRefused(AgentStopped):
-    """The server answered the WebSocket handshake with an HTTP status that retrying cannot change.
-
-    Which statuses those are, and what each means, is decided in one place for both AIP clients
-    (:func:`galaxy_trio.aip.client_protocol.handshake_outcome`): 401/403 a wrong or missing token, 404 a path
-    where nothing serves AIP, 400/405/410/426 not an AIP endpoint. The message names the cause; the URL in it is
-    redacted.
-    """
-
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class AuthenticationRejected(HandshakeRefused):
-    """HTTP 401/403 at the handshake: the token is wrong or missing.
+class AuthenticationRejected(AgentStopped):
+    """The server refused the WebSocket handshake (HTTP 401/403: wrong or missing token).
 
     Permanent: the same token will be refused again, so retrying forever (as UFO Galaxy does, §11.15) would only
     hammer the server. The token itself is never part of the message.
     """
+
+    def __init__(self, status_code: int, server: str) -> None:
+        super().__init__(
+            f"server {server} refused the handshake with HTTP {status_code}: the token is wrong or missing; "
+            "not retrying"
+        )
+        self.status_code = status_code
 
 
 class RetriesExhausted(AgentStopped):
@@ -54,6 +46,14 @@ class RetriesExhausted(AgentStopped):
         super().__init__(f"giving up after {failures} consecutive failed attempts; last error: {last_error}")
         self.failures = failures
         self.last_error = last_error
+
+
+class RegistrationRejected(LinkError):
+    """The server answered REGISTER with an ERROR frame (e.g. the device id is already registered)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"registration rejected by the server: {text}")
+        self.text = text
 
 
 class RegistrationTimeout(LinkError):

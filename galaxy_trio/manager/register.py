@@ -7,23 +7,37 @@ be missed — no fixed sleep as in UFO Galaxy (§11.1). The wait is bounded by t
 
 from __future__ import annotations
 
-from ..aip import ClientType, builders
-from ..aip.client_protocol import is_duplicate_rejection as is_duplicate
-from ..aip.client_protocol import registration_verdict
-from ..errors import RegistrationRejected
-from .session import ClientSession, clip
+from ..aip import builders
+from ..errors import GalaxyTrioError
+from .session import ClientSession, frame_error
 
 __all__ = ["RegistrationRejected", "is_duplicate", "register"]
 
+_RETRYABLE_PREFIX = "Target device "
+_RETRYABLE_SUFFIX = " is not connected"
+
+
+class RegistrationRejected(GalaxyTrioError):
+    """The server refused the REGISTER. ``retryable`` is true only when waiting can help (target not connected)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"registration rejected: {reason}")
+        self.reason = reason
+        # The one rejection that time fixes: the device agent has not connected yet (or is reconnecting).
+        # A duplicate client_id or anything else is permanent until an operator acts.
+        self.retryable = reason.startswith(_RETRYABLE_PREFIX) and reason.endswith(_RETRYABLE_SUFFIX)
+
+
+def is_duplicate(reason: str) -> bool:
+    """Whether a rejection says the client id is already registered (UFO's text, PROTOCOL.md §8.9)."""
+    return "is already registered" in reason
+
 
 async def register(session: ClientSession, task_name: str, device_id: str) -> None:
-    """Send REGISTER for ``device_id`` and return once accepted; raise :class:`RegistrationRejected` if refused.
-
-    What the answer means, and whether a refusal is worth retrying, is
-    :func:`~galaxy_trio.aip.client_protocol.registration_verdict`'s decision (shared with the device agent).
-    """
+    """Send REGISTER for ``device_id`` and return once accepted; raise :class:`RegistrationRejected` if refused."""
     verdict = session.expect_registration()
     await session.send(builders.constellation_register(task_name, device_id))
-    answer = registration_verdict(await verdict.wait(), ClientType.CONSTELLATION)
-    if answer is not None and not answer.confirmed:
-        raise RegistrationRejected(clip(answer.reason or ""), retryable=answer.retryable)
+    frame = await verdict.wait()
+    error = frame_error(frame)
+    if error is not None:
+        raise RegistrationRejected(error)

@@ -19,10 +19,10 @@ from ..aip import (
     ClientMessage,
     ServerMessage,
     ServerMessageType,
+    TaskStatus,
     builders,
     decode_server_message,
 )
-from ..aip.client_protocol import answers_register
 from ..errors import LinkError
 from ..transport import ClientLink
 
@@ -177,7 +177,10 @@ class ClientSession:
         kind = frame.type
         registration = self._registration
         if registration is not None and not registration.done:
-            if answers_register(frame):  # what the answer means is registration_verdict's to say
+            # PROTOCOL.md §6: the next heartbeat/ok means accepted, the next error means rejected.
+            if kind is ServerMessageType.ERROR or (
+                kind is ServerMessageType.HEARTBEAT and frame.status is TaskStatus.OK
+            ):
                 registration.resolve(frame)
                 self._registration = None  # the waiter holds it; an idle link keeps no frame
             return

@@ -23,7 +23,6 @@ from galaxy_trio.agent import (
     AuthenticationRejected,
     DeviceAgent,
     DeviceInfoProvider,
-    HandshakeRefused,
     RetriesExhausted,
     SystemProbes,
     ToolExecutor,
@@ -194,39 +193,6 @@ async def test_handshake_403_stops_at_once_with_a_clear_error(nursery: trio.Nurs
     assert "HTTP 403" in message and "token is wrong or missing" in message and "not retrying" in message
     assert "token=***" in message and TOKEN not in message
     assert server.handshakes == 1
-
-
-async def test_handshake_404_stops_at_once_naming_the_path(nursery: trio.Nursery) -> None:
-    """The agent used to retry a 404 (a wrong path: not an AIP endpoint) forever; the manager failed it at once."""
-    server = FakeServer(reject_status=404)
-    await server.start(nursery)
-
-    with pytest.raises(HandshakeRefused) as raised:
-        await make_agent(server).run()
-
-    assert not isinstance(raised.value, AuthenticationRejected)
-    assert raised.value.status_code == 404
-    assert "nothing serves AIP at this path" in str(raised.value) and "/ws" in str(raised.value)
-    assert server.handshakes == 1
-
-
-async def test_handshake_503_is_retried(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    server = FakeServer(reject_status=503)
-    await server.start(nursery)
-
-    with pytest.raises(RetriesExhausted) as raised:
-        await make_agent(server, max_retries=2).run()
-
-    assert server.handshakes == 3 and "HTTP 503" in str(raised.value)
-
-
-@pytest.mark.parametrize(
-    ("url", "problem"),
-    [("ws://127.0.0.1:70000/ws", "out of range"), ("ws://127.0.0.1:0/ws", "port 0"), ("ws:///ws", "no host")],
-)
-def test_a_url_that_can_never_connect_is_refused_before_any_attempt(url: str, problem: str) -> None:
-    with pytest.raises(ValueError, match=problem):
-        DeviceAgent(url, "dev-1")
 
 
 async def test_handshake_401_is_permanent_too(nursery: trio.Nursery) -> None:

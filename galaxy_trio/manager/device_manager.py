@@ -479,7 +479,9 @@ class ConstellationDeviceManager:
                 ):
                     # Phase 2 done: the WebSocket is open.
                     self._set_status(device, DeviceStatus.CONNECTED)
-                    session = ClientSession(link, conn.cancel_scope, profile.device_id)
+                    session = ClientSession(
+                        link, conn.cancel_scope, profile.device_id, client_id=self.client_id(profile.device_id)
+                    )
                     holder.append(session)
                     device.session = session
                     await conn.start(session.read_loop)
@@ -505,7 +507,7 @@ class ConstellationDeviceManager:
                         client_id = builders.constellation_client_id(self.task_name, profile.device_id)
                         system_info = None
                         with trio.move_on_after(settings.telemetry_timeout) as telemetry_scope:
-                            system_info = await fetch_system_info(session, client_id, profile.device_id)
+                            system_info = await fetch_system_info(session, profile.device_id)
                         if system_info is not None:
                             merge_system_info(profile, system_info)
                             self._emit(EventKind.TELEMETRY, profile.device_id)

@@ -15,6 +15,7 @@ device at once with the reason.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import ssl
@@ -31,7 +32,7 @@ import trio
 from .._nursery import open_service_nursery
 from ..aip import ServerMessage, builders
 from ..backoff import Backoff
-from ..config import DeviceConfig, ManagerSettings
+from ..config import ConfigError, ConfigProblem, DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
 from ..transport import CLOSE_GRACE
 from .activate import keep_alive
@@ -195,41 +196,18 @@ class ConstellationDeviceManager:
     """
 
     def __init__(
-        self,
-        task_name: str | None = None,
-        *,
-        settings: ManagerSettings | None = None,
-        heartbeat_interval: float | None = None,
-        heartbeat_timeout: float | None = None,
-        reconnect_delay: float | None = None,
-        backoff_cap: float | None = None,
-        connect_timeout: float | None = None,
-        register_timeout: float | None = None,
-        telemetry_timeout: float | None = None,
-        task_timeout: float | None = None,
-        task_queue_size: int | None = None,
-        event_buffer: int | None = None,
+        self, task_name: str | None = None, *, settings: ManagerSettings | None = None, **overrides: Any
     ) -> None:
-        overrides: dict[str, Any] = {
-            key: value
-            for key, value in {
-                "task_name": task_name,
-                "heartbeat_interval": heartbeat_interval,
-                "heartbeat_timeout": heartbeat_timeout,
-                "reconnect_delay": reconnect_delay,
-                "backoff_cap": backoff_cap,
-                "connect_timeout": connect_timeout,
-                "register_timeout": register_timeout,
-                "telemetry_timeout": telemetry_timeout,
-                "task_timeout": task_timeout,
-                "task_queue_size": task_queue_size,
-                "event_buffer": event_buffer,
-            }.items()
-            if value is not None
-        }
-        base = settings if settings is not None else ManagerSettings()
-        self.settings: ManagerSettings = msgspec.structs.replace(base, **overrides)
-        _check_settings(self.settings)
+        """``settings`` (default: :class:`ManagerSettings`'s defaults) with any ``overrides`` by field name.
+
+        ``ConstellationDeviceManager(task_name="office", heartbeat_interval=5)`` and
+        ``ConstellationDeviceManager(settings=config.manager)`` both work. The result is validated by
+        :class:`ManagerSettings` itself, the one place that knows the settings: an unknown name or a bad value
+        raises :class:`~galaxy_trio.ConfigError` naming the field.
+        """
+        if task_name is not None:
+            overrides["task_name"] = task_name
+        self.settings: ManagerSettings = _settings_with(settings, overrides)
         self.task_name = self.settings.task_name
         self._backoff = Backoff(
             self.settings.reconnect_delay, max(self.settings.backoff_cap, self.settings.reconnect_delay)
@@ -710,26 +688,20 @@ def _notify(device: _Device) -> None:
     changed.set()
 
 
-def _check_settings(settings: ManagerSettings) -> None:
-    problems = []
-    for name in (
-        "heartbeat_interval",
-        "heartbeat_timeout",
-        "reconnect_delay",
-        "backoff_cap",
-        "connect_timeout",
-        "register_timeout",
-        "telemetry_timeout",
-        "task_timeout",
-    ):
-        value = getattr(settings, name)
-        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-            problems.append(f"{name} must be a positive number of seconds, got {value!r}")
-    for name in ("task_queue_size", "event_buffer"):
-        value = getattr(settings, name)
-        if not (isinstance(value, int) and value >= 1):
-            problems.append(f"{name} must be an integer >= 1, got {value!r}")
-    if not settings.task_name or "@" in settings.task_name:
-        problems.append(f"task_name must be non-empty and contain no '@', got {settings.task_name!r}")
-    if problems:
-        raise ValueError("invalid manager settings: " + "; ".join(problems))
+def _settings_with(base: ManagerSettings | None, overrides: dict[str, Any]) -> ManagerSettings:
+    """``base`` with ``overrides`` applied, validated by the Struct (``__post_init__`` runs on replace)."""
+    settings = base if base is not None else ManagerSettings()
+    if not overrides:
+        return settings
+    known = ManagerSettings.__struct_fields__
+    unknown = sorted(name for name in overrides if name not in known)
+    if unknown:
+        problems = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                ConfigProblem(message=f"unknown manager setting; {hint}known: {', '.join(known)}", field=name)
+            )
+        raise ConfigError(problems)
+    return msgspec.structs.replace(settings, **overrides)

@@ -214,7 +214,8 @@ class TaskLane:
         self._session: ClientSession | None = None
         self._running = False
         self._stop_reason = "device not started"
-        self._changed = trio.Event()
+        #: Made when a task first waits for the device (most devices never queue one: no Event per idle device).
+        self._changed: trio.Event | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -366,6 +367,8 @@ class TaskLane:
                 return session
             if not self._running:
                 return None
+            if self._changed is None:
+                self._changed = trio.Event()
             await self._changed.wait()
 
     def _ready_session(self) -> ClientSession | None:
@@ -417,8 +420,9 @@ class TaskLane:
 
     def _notify(self) -> None:
         changed = self._changed
-        self._changed = trio.Event()
-        changed.set()
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
 
 def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: TaskClock) -> TaskResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .aip.client_protocol import rejection_outcome
+
 __all__ = [
     "BinaryFrame",
     "ConnectFailed",
@@ -9,6 +11,7 @@ __all__ = [
     "HandshakeRejected",
     "LinkClosed",
     "LinkError",
+    "RegistrationRejected",
 ]
 
 
@@ -48,3 +51,17 @@ class BinaryFrame(LinkError):
     def __init__(self, size: int) -> None:
         super().__init__(f"binary frame of {size} bytes received; AIP frames are JSON text")
         self.size = size
+
+
+class RegistrationRejected(LinkError):
+    """The server answered REGISTER with an ERROR frame (the one class for the manager and the agent).
+
+    ``reason`` is the server's text; ``retryable`` is true only when waiting can help (a constellation's target
+    device not connected yet), as :func:`galaxy_trio.aip.client_protocol.rejection_outcome` decides.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"registration rejected by the server: {reason}")
+        self.reason = reason
+        self.text = reason
+        self.retryable = not rejection_outcome(reason).permanent

@@ -3,6 +3,9 @@
 Overflow policy: every subscriber has its own bounded buffer. When it is full, a new event is dropped *for that
 subscriber only* and counted in :attr:`Subscription.dropped`; the publisher never waits for, and is never
 cancelled by, a slow or absent reader. A subscriber that closes its channel is forgotten at the next event.
+
+Each channel has two owners: the hub holds the send side (it publishes and, at the end, closes it), the
+subscription the receive side — so neither reaches into the other.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ class Subscription(Generic[E]):
     Use as ``with hub.subscribe() as events: async for event in events: ...``.
     """
 
-    __slots__ = ("_receive", "_send", "dropped")
+    __slots__ = ("_receive", "dropped")
 
-    def __init__(self, buffer: int) -> None:
-        self._send, self._receive = trio.open_memory_channel[E](buffer)
+    def __init__(self, receive: trio.MemoryReceiveChannel[E]) -> None:
+        self._receive = receive
+        #: Events this subscriber missed because its buffer was full (counted by the hub).
         self.dropped = 0
 
     @property
@@ -65,30 +69,32 @@ class Hub(Generic[E]):
 
     def __init__(self, default_buffer: int) -> None:
         self._default_buffer = default_buffer
-        self._subscriptions: list[Subscription[E]] = []
+        #: Each live subscription with the send side of its channel.
+        self._subscriptions: list[tuple[Subscription[E], trio.MemorySendChannel[E]]] = []
 
     @property
     def has_subscribers(self) -> bool:
         return bool(self._subscriptions)
 
     def subscribe(self, buffer: int | None = None) -> Subscription[E]:
-        subscription = Subscription[E](self._default_buffer if buffer is None else buffer)
-        self._subscriptions.append(subscription)
+        send, receive = trio.open_memory_channel[E](self._default_buffer if buffer is None else buffer)
+        subscription = Subscription[E](receive)
+        self._subscriptions.append((subscription, send))
         return subscription
 
     def publish(self, event: E) -> None:
-        gone: list[Subscription[E]] = []
-        for subscription in self._subscriptions:
+        gone: list[tuple[Subscription[E], trio.MemorySendChannel[E]]] = []
+        for entry in self._subscriptions:
             try:
-                subscription._send.send_nowait(event)
+                entry[1].send_nowait(event)
             except trio.WouldBlock:
-                subscription.dropped += 1
+                entry[0].dropped += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                gone.append(subscription)
-        for subscription in gone:
-            self._subscriptions.remove(subscription)
+                gone.append(entry)
+        for entry in gone:
+            self._subscriptions.remove(entry)
 
     def close(self) -> None:
-        for subscription in self._subscriptions:
-            subscription._send.close()
+        for _subscription, send in self._subscriptions:
+            send.close()
         self._subscriptions.clear()

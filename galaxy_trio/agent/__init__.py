@@ -5,7 +5,7 @@ or the server. Start one with ``agent = await nursery.start(serve_device_agent, 
 ``await nursery.start(DeviceAgent(url, device_id).run)``.
 """
 
-from .agent import AgentStats, DeviceAgent, serve_device_agent
+from .agent import AgentState, AgentStats, DeviceAgent, serve_device_agent
 from .device_info import DeviceInfoProvider, SystemProbes, detect_ip_address, minimal_system_info, supported_features
 from .errors import (
     AgentStopped,
@@ -15,6 +15,7 @@ from .errors import (
     RegistrationRejected,
     RegistrationTimeout,
     RetriesExhausted,
+    ServerUnusable,
 )
 from .signature import ParameterError
 from .tools import (
@@ -29,6 +30,7 @@ from .tools import (
 
 __all__ = [
     "NO_ACTION_RESULT",
+    "AgentState",
     "AgentStats",
     "AgentStopped",
     "AuthenticationRejected",
@@ -40,6 +42,7 @@ __all__ = [
     "RegistrationRejected",
     "RegistrationTimeout",
     "RetriesExhausted",
+    "ServerUnusable",
     "SystemProbes",
     "Tool",
     "ToolError",

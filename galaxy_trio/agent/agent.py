@@ -6,7 +6,11 @@ heartbeat acks (UFO's device read nothing while it executed, §2). Whatever ends
 closing, an invalid frame, a silent server, a rejected registration — is a :class:`~galaxy_trio.errors.LinkError`
 recorded by the task that saw it; the connection's nursery is cancelled, the link closed (bounded by
 ``CLOSE_GRACE``), and :meth:`DeviceAgent.run` reconnects after a full-jitter backoff, re-registering from scratch
-with fresh system info. Only a refused token (HTTP 401/403) or a spent ``max_retries`` budget ends ``run``.
+with fresh system info. The agent is a trio driver of :class:`galaxy_trio.aip.client_protocol.ClientProtocol`
+(the registration verdict, the heartbeat schedule and liveness, the retryable/permanent classification it
+shares with the manager). Only what retrying cannot fix — a refused token (HTTP 401/403,
+:class:`AuthenticationRejected`), a 404 or a URL that cannot be dialled (:class:`ServerUnusable`) — or a spent
+``max_retries`` budget ends ``run``.
 
 Decisions where UFO's device is silent or defective:
 - Every COMMAND gets exactly one COMMAND_RESULTS, whatever its tools do (UFO's sent nothing when one raised,
@@ -24,6 +28,7 @@ Decisions where UFO's device is silent or defective:
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import random
@@ -41,13 +46,14 @@ from ..aip import (
     ResultStatus,
     ServerMessage,
     ServerMessageType,
-    TaskStatus,
     builders,
     decode_server_message,
     json_error,
+    utc_timestamp,
 )
+from ..aip.client_protocol import ClientProtocol, Heartbeats, Role, Verdict, connect_outcome, handshake_outcome
 from ..backoff import Backoff
-from ..errors import BinaryFrame, HandshakeRejected, LinkClosed, LinkError
+from ..errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed, LinkError, RegistrationRejected
 from ..redact import redact_url
 from ..transport import (
     CLOSE_MESSAGE_TOO_BIG,
@@ -59,21 +65,30 @@ from ..transport import (
 )
 from .device_info import DeviceInfoProvider
 from .errors import (
+    AgentStopped,
     AuthenticationRejected,
     LinkDead,
     ProtocolViolation,
-    RegistrationRejected,
     RegistrationTimeout,
     RetriesExhausted,
+    ServerUnusable,
 )
 from .tools import ToolExecutor, ToolRegistry, default_tools
 
-__all__ = ["AgentStats", "DeviceAgent", "serve_device_agent"]
+__all__ = ["AgentState", "AgentStats", "DeviceAgent", "serve_device_agent"]
 
 logger = logging.getLogger("galaxy_trio.agent")
 
-#: HTTP statuses at the handshake that retrying cannot fix: the token is wrong or missing.
-_PERMANENT_HANDSHAKE_STATUSES = frozenset({401, 403})
+#: Handshake statuses reported as :class:`AuthenticationRejected`; other permanent ones as :class:`ServerUnusable`.
+_AUTH_STATUSES = frozenset({401, 403})
+
+
+class AgentState(enum.Enum):
+    """Where the agent's current connection stands (one value, not a pair of booleans that could disagree)."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTED = "connected"  # the WebSocket is open, the registration not yet confirmed
+    REGISTERED = "registered"
 
 
 @dataclass(slots=True)
@@ -94,13 +109,13 @@ class AgentStats:
 class _Connection:
     """State of one registered link, shared by its reader, heartbeat and command tasks."""
 
-    __slots__ = ("awaiting_since", "close_code", "failure", "link", "nursery")
+    __slots__ = ("beats", "close_code", "failure", "link", "nursery")
 
-    def __init__(self, link: ClientLink, nursery: trio.Nursery) -> None:
+    def __init__(self, link: ClientLink, nursery: trio.Nursery, beats: Heartbeats) -> None:
         self.link = link
         self.nursery = nursery
-        #: When the oldest heartbeat not yet followed by any incoming frame was sent; None when none is pending.
-        self.awaiting_since: float | None = None
+        #: The protocol's heartbeat schedule and liveness (the reader reports frames, the heartbeat task beats).
+        self.beats = beats
         self.failure: LinkError | None = None
         self.close_code: int | None = None
 
@@ -191,8 +206,7 @@ class DeviceAgent:
         self.stats = AgentStats()
         self._platform = "unknown"
         self._running = False
-        self._connected = False
-        self._registered = False
+        self._state = AgentState.DISCONNECTED
         self._changed = trio.Event()
 
     def __repr__(self) -> str:
@@ -207,12 +221,16 @@ class DeviceAgent:
     @property
     def connected(self) -> bool:
         """A WebSocket to the server is open (registered or not yet)."""
-        return self._connected
+        return self._state is not AgentState.DISCONNECTED
 
     @property
     def registered(self) -> bool:
         """The server confirmed this device's registration on the current connection."""
-        return self._registered
+        return self._state is AgentState.REGISTERED
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
 
     @property
     def registrations(self) -> int:
@@ -224,9 +242,8 @@ class DeviceAgent:
         while not predicate(self):
             await self._changed.wait()
 
-    def _set_state(self, *, connected: bool, registered: bool) -> None:
-        self._connected = connected
-        self._registered = registered
+    def _set_state(self, state: AgentState) -> None:
+        self._state = state
         self._changed.set()
         self._changed = trio.Event()
 
@@ -239,8 +256,9 @@ class DeviceAgent:
     async def run(self, *, task_status: trio.TaskStatus[DeviceAgent] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Stay registered until cancelled. ``task_status.started(self)`` follows the first registration.
 
-        Raises :class:`AuthenticationRejected` on HTTP 401/403 at the handshake and :class:`RetriesExhausted` when
-        ``max_retries`` is spent; every other failure is retried.
+        Raises :class:`AuthenticationRejected` on HTTP 401/403 at the handshake, :class:`ServerUnusable` on a 404
+        (not an AIP server) or a URL that cannot be dialled, and :class:`RetriesExhausted` when ``max_retries`` is
+        spent; every other failure is retried.
         """
         if self._running:
             raise RuntimeError(f"{self!r} is already running")
@@ -260,11 +278,8 @@ class DeviceAgent:
                 self.stats.connect_attempts += 1
                 try:
                     await self._connect_once(on_registered)
-                except HandshakeRejected as exc:
-                    if exc.status_code in _PERMANENT_HANDSHAKE_STATUSES:
-                        stop = AuthenticationRejected(exc.status_code, self._shown_url)
-                        logger.error("device %r: %s", self.device_id, stop)
-                        raise stop from None
+                except (HandshakeRejected, ConnectFailed) as exc:
+                    self._stop_if_permanent(exc)
                     error: LinkError = exc
                 except LinkError as exc:
                     error = exc
@@ -285,14 +300,38 @@ class DeviceAgent:
                 await trio.sleep(delay)
         finally:
             self._running = False
-            if self._connected or self._registered:
-                self._set_state(connected=False, registered=False)
+            if self._state is not AgentState.DISCONNECTED:
+                self._set_state(AgentState.DISCONNECTED)
+
+    def _stop_if_permanent(self, exc: HandshakeRejected | ConnectFailed) -> None:
+        """Raise the :class:`AgentStopped` for what retrying cannot fix, by the protocol's one classification."""
+        if isinstance(exc, HandshakeRejected):
+            if exc.status_code in _AUTH_STATUSES:
+                stop: AgentStopped = AuthenticationRejected(exc.status_code, self._shown_url)
+                logger.error("device %r: %s", self.device_id, stop)
+                raise stop from None
+            outcome = handshake_outcome(exc.status_code)
+        else:
+            outcome = connect_outcome(str(exc), invalid_url=str(exc).startswith("invalid WebSocket URL"))
+        if outcome.permanent:
+            stop = ServerUnusable(self._shown_url, outcome.describe())
+            logger.error("device %r: %s", self.device_id, stop)
+            raise stop from None
 
     async def _connect_once(self, on_registered: Callable[[], None]) -> NoReturn:
         """Connect, register, serve; always ends with a :class:`LinkError` (or cancellation)."""
         system_info = self.system_info()
         platform = str(system_info.get("platform", "unknown"))
-        register = builders.device_register(self.device_id, platform=platform, system_info=system_info)
+        protocol = ClientProtocol(
+            Role.DEVICE,
+            self.device_id,
+            heartbeat_interval=self._heartbeat_interval,
+            heartbeat_timeout=self._heartbeat_timeout,
+            now=trio.current_time(),
+        )
+        register = protocol.register(
+            ClientProtocol.device_register(self.device_id, platform=platform, system_info=system_info)
+        )
         # One budget for connect + handshake + confirmation. The connect phase is bounded by a scope around the
         # link (nothing to close yet if it fires); the confirmation by a scope inside it, so that a timeout there
         # still closes the link from an uncancelled task, with a proper closing handshake.
@@ -302,21 +341,21 @@ class DeviceAgent:
                 self._url, ssl_context=self._ssl_context, max_message_size=self._max_message_size
             ) as link:
                 connecting.deadline = math.inf
-                self._set_state(connected=True, registered=False)
+                self._set_state(AgentState.CONNECTED)
                 try:
                     with trio.move_on_at(deadline) as confirming:
                         await link.send(register)
-                        await self._await_confirmation(link)
+                        await self._await_confirmation(link, protocol)
                     if confirming.cancelled_caught:
                         raise RegistrationTimeout(
                             f"no registration confirmation within {self._registration_timeout:g} s"
                         )
                     self._platform = platform
                     self.stats.registrations += 1
-                    self._set_state(connected=True, registered=True)
+                    self._set_state(AgentState.REGISTERED)
                     logger.info("device %r registered with %s (platform %s)", self.device_id, self._shown_url, platform)
                     on_registered()
-                    await self._serve(link)
+                    await self._serve(link, protocol)
                 except ProtocolViolation:
                     await link.aclose(CLOSE_POLICY_VIOLATION, "invalid AIP frame")
                     raise
@@ -326,24 +365,25 @@ class DeviceAgent:
                     await link.aclose(CLOSE_UNSUPPORTED_DATA, "AIP frames are JSON text")
                     raise ProtocolViolation(str(exc)) from None
                 finally:
-                    self._set_state(connected=False, registered=False)
+                    self._set_state(AgentState.DISCONNECTED)
         raise RegistrationTimeout(f"could not connect within {self._registration_timeout:g} s")
 
-    async def _await_confirmation(self, link: ClientLink) -> None:
-        """The first frame after REGISTER decides: ``heartbeat``/``ok`` confirms, ``error`` rejects (§6, §8.1)."""
+    async def _await_confirmation(self, link: ClientLink, protocol: ClientProtocol) -> None:
+        """The first frame after REGISTER decides (§6, §8.1); the protocol gives the verdict."""
         text = await link.receive()
         self.stats.frames_received += 1
-        reply = self._decode(text)
-        if reply.type is ServerMessageType.ERROR:
+        events = protocol.receive(self._decode(text), trio.current_time())
+        verdict = events[0]
+        assert isinstance(verdict, Verdict)
+        if verdict.outcome is None:
+            return
+        if verdict.text is not None:
             self.stats.rejections += 1
-            rejected = RegistrationRejected(reply.error or "(no error text)")
+            rejected = RegistrationRejected(verdict.text)
             logger.error("device %r: %s", self.device_id, rejected)
             raise rejected
-        if reply.type is not ServerMessageType.HEARTBEAT or reply.status is not TaskStatus.OK:
-            self.stats.invalid_frames += 1
-            raise ProtocolViolation(
-                f"expected a heartbeat/ok registration confirmation, got {reply.type.value}/{reply.status.value}"
-            )
+        self.stats.invalid_frames += 1
+        raise ProtocolViolation(verdict.outcome.reason)
 
     def _decode(self, text: str) -> ServerMessage:
         try:
@@ -353,10 +393,12 @@ class DeviceAgent:
             logger.error("device %r: invalid frame from the server: %s", self.device_id, exc)
             raise ProtocolViolation(str(exc)) from None
 
-    async def _serve(self, link: ClientLink) -> NoReturn:
+    async def _serve(self, link: ClientLink, protocol: ClientProtocol) -> NoReturn:
         """Read frames, send heartbeats, answer COMMANDs until something ends the connection."""
         async with trio.open_nursery() as nursery:
-            conn = _Connection(link, nursery)
+            # The schedule starts once registered: the first beat one interval from now.
+            protocol.heartbeats = Heartbeats(self._heartbeat_interval, self._heartbeat_timeout, trio.current_time())
+            conn = _Connection(link, nursery, protocol.heartbeats)
             nursery.start_soon(self._heartbeats, conn)
             await self._read_frames(conn)
         failure = conn.failure or LinkClosed()
@@ -384,7 +426,7 @@ class DeviceAgent:
                     )
                 conn.fail(exc)
                 return
-            conn.awaiting_since = None
+            conn.beats.frame_received(trio.current_time())
             self.stats.frames_received += 1
             try:
                 message = self._decode(text)
@@ -418,41 +460,31 @@ class DeviceAgent:
     async def _heartbeats(self, conn: _Connection) -> None:
         """Send a heartbeat every interval; fail the link when one is followed by silence for ``heartbeat_timeout``.
 
-        The reader only clears ``awaiting_since`` (no event per frame); this task wakes at the next heartbeat or
-        the pending deadline, whichever is first, and re-checks.
+        A thin driver of the protocol's :class:`Heartbeats`: sleep until the next time it names (a beat or the
+        liveness deadline), then act. The reader only reports frames to it (no event per frame).
         """
-        interval = self._heartbeat_interval
-        timeout = self._heartbeat_timeout
-        next_beat = trio.current_time() + interval
+        beats = conn.beats
+        frame = builders.heartbeat(self.device_id, ClientType.DEVICE)
         while True:
-            pending = conn.awaiting_since
-            await trio.sleep_until(next_beat if pending is None else min(next_beat, pending + timeout))
+            await trio.sleep_until(beats.wake_at)
             now = trio.current_time()
-            pending = conn.awaiting_since
-            if pending is not None and now >= pending + timeout:
-                if conn.link.has_unread_data():
-                    # The server did answer; this loop is behind and the reader has not got to it yet. Not
-                    # silence: give the reader one more window rather than drop a live link (on a loaded host
-                    # that would re-register it into the very backlog that delayed it).
-                    conn.awaiting_since = now
-                    continue
+            dead_at = beats.presumed_dead_at
+            # Unread bytes are a late reader, not silence: the protocol restarts the window for them.
+            if dead_at is not None and now >= dead_at and beats.is_dead(now, unread=conn.link.has_unread_data()):
                 self.stats.dead_links += 1
-                dead = LinkDead(f"no frame from the server within {timeout:g} s of a heartbeat")
+                dead = LinkDead(f"no frame from the server within {beats.timeout:g} s of a heartbeat")
                 logger.warning("device %r: %s", self.device_id, dead)
                 conn.fail(dead)
                 return
-            if now >= next_beat:
-                if conn.awaiting_since is None:
-                    conn.awaiting_since = now
+            if now >= beats.heartbeat_due_at:
+                frame.timestamp = utc_timestamp()
+                beats.beat_sent(now)
                 try:
-                    await conn.link.send(builders.heartbeat(self.device_id, ClientType.DEVICE))
+                    await conn.link.send(frame)
                 except LinkClosed as exc:
                     conn.fail(exc)
                     return
                 self.stats.heartbeats_sent += 1
-                next_beat += interval
-                if next_beat <= now:  # the loop fell behind (a blocked host): one heartbeat, not a burst
-                    next_beat = now + interval
 
     async def _answer_command(self, conn: _Connection, command: ServerMessage) -> None:
         """Exactly one COMMAND_RESULTS per COMMAND: one Result per action, in order, ``call_id`` echoed."""

@@ -2,12 +2,13 @@
 
 Two families: :class:`AgentStopped` subclasses end :meth:`DeviceAgent.run` (retrying cannot help, or the retry
 budget is spent); the :class:`~galaxy_trio.errors.LinkError` subclasses here end one connection and lead to a
-reconnect with backoff, like the transport's own link errors.
+reconnect with backoff, like the transport's own link errors. :class:`RegistrationRejected` is the package's one
+class (``galaxy_trio.errors``), re-exported here.
 """
 
 from __future__ import annotations
 
-from ..errors import GalaxyTrioError, LinkError
+from ..errors import GalaxyTrioError, LinkError, RegistrationRejected
 
 __all__ = [
     "AgentStopped",
@@ -17,6 +18,7 @@ __all__ = [
     "RegistrationRejected",
     "RegistrationTimeout",
     "RetriesExhausted",
+    "ServerUnusable",
 ]
 
 
@@ -39,6 +41,16 @@ class AuthenticationRejected(AgentStopped):
         self.status_code = status_code
 
 
+class ServerUnusable(AgentStopped):
+    """What retrying cannot fix, other than the token: an HTTP 404 (no AIP server at that path), another
+    permanent handshake answer, or a URL that cannot be dialled (a port out of range). The message names the
+    cause, as :mod:`galaxy_trio.aip.client_protocol` classifies it for the manager too."""
+
+    def __init__(self, server: str, cause: str) -> None:
+        super().__init__(f"server {server}: {cause}; not retrying")
+        self.cause = cause
+
+
 class RetriesExhausted(AgentStopped):
     """``max_retries`` consecutive attempts failed without a successful registration."""
 
@@ -46,14 +58,6 @@ class RetriesExhausted(AgentStopped):
         super().__init__(f"giving up after {failures} consecutive failed attempts; last error: {last_error}")
         self.failures = failures
         self.last_error = last_error
-
-
-class RegistrationRejected(LinkError):
-    """The server answered REGISTER with an ERROR frame (e.g. the device id is already registered)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(f"registration rejected by the server: {text}")
-        self.text = text
 
 
 class RegistrationTimeout(LinkError):

@@ -1,10 +1,11 @@
 """Phase 5 — activation: the device is IDLE, and heartbeats keep proving that its link is alive.
 
 UFO never checked heartbeat age, so a silently dead server went unnoticed for about 210 s (PROTOCOL.md §11.2).
-Here a heartbeat goes out every ``heartbeat_interval`` seconds, and if no frame at all arrives within
-``heartbeat_timeout`` of one, the link is declared dead and the device reconnects. Heartbeats keep a fixed cadence,
-so a peer that falls silent is detected no sooner than ``heartbeat_timeout`` and no later than
-``heartbeat_interval + heartbeat_timeout`` after its last frame. Bytes from the server that wait unread in the
+When to beat and when the link is dead is decided by the session's sans-IO protocol
+(:class:`galaxy_trio.aip.client_protocol.Heartbeats`); this is its trio driver: sleep until the next time it
+names, then beat or check. A heartbeat goes out every ``heartbeat_interval`` seconds whatever
+``heartbeat_timeout`` is, and if no frame at all arrives within ``heartbeat_timeout`` of the oldest unanswered
+heartbeat, the link is declared dead and the device reconnects. Bytes from the server that wait unread in the
 socket when the window closes count as an answer: under load (thousands of devices registering at once) the
 manager's loop may reach a reply late, and that is not a dead link.
 """
@@ -15,7 +16,8 @@ from collections.abc import Callable
 
 import trio
 
-from ..aip import ClientType, builders, utc_timestamp
+from ..aip import ClientType, builders
+from ..aip.client_protocol import Heartbeats
 from ..errors import LinkError
 from .session import ClientSession
 
@@ -31,20 +33,21 @@ async def keep_alive(
     on_missed: Callable[[], None],
 ) -> None:
     """Send heartbeats until the session ends; end it when one goes unanswered."""
+    protocol = session.protocol
+    # The schedule starts now, the moment the device is IDLE; liveness keeps what the reader recorded.
+    beats = protocol.heartbeats = Heartbeats(interval, reply_window, trio.current_time())
     frame = builders.heartbeat(client_id, ClientType.CONSTELLATION)
-    next_beat = trio.current_time() + interval
     while True:
-        await trio.sleep_until(next_beat)
-        sent_at = trio.current_time()
-        frame.timestamp = utc_timestamp()
-        try:
-            await session.send(frame)
-        except LinkError:
-            return
-        next_beat = sent_at + interval
-        await trio.sleep_until(sent_at + reply_window)
-        # On a loaded event loop a reply can sit in the socket past the window, unread: that is not silence.
-        if session.last_frame_at < sent_at and not session.has_unread_data():
+        await trio.sleep_until(beats.wake_at)
+        now = trio.current_time()
+        dead_at = beats.presumed_dead_at
+        # has_unread_data asks the socket: only when the window has closed.
+        if dead_at is not None and now >= dead_at and beats.is_dead(now, unread=session.has_unread_data()):
             on_missed()
             session.end(f"no frame within {reply_window:g}s of a heartbeat; link presumed dead")
             return
+        if now >= beats.heartbeat_due_at:
+            try:
+                await session.send(protocol.heartbeat(now, frame))
+            except LinkError:
+                return

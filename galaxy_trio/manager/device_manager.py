@@ -15,6 +15,7 @@ device at once with the reason.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import ssl
@@ -31,10 +32,9 @@ import trio
 from .._nursery import open_service_nursery
 from ..aip import ServerMessage, builders
 from ..backoff import Backoff
-from ..config import DeviceConfig, ManagerSettings
+from ..config import ConfigError, ConfigProblem, DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
 from ..transport import CLOSE_GRACE
-from . import tasks as _tasks
 from .activate import keep_alive
 from .connect import client_ssl_context, is_permanent, open_link
 from .events import EventHub, EventKind, EventSubscription
@@ -42,6 +42,7 @@ from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_trans
 from .register import RegistrationRejected, is_duplicate, register
 from .session import ClientSession
 from .state import DeviceState, PhaseName
+from .tasks import DeviceNotConnected, ErrorType, TaskBook, TaskLane, TaskResult
 from .telemetry import fetch_system_info, merge_system_info
 
 __all__ = ["ConstellationDeviceManager", "DeviceAlreadyRegistered", "UnknownDevice"]
@@ -72,39 +73,57 @@ class DeviceAlreadyRegistered(GalaxyTrioError, ValueError):
     """``register_device`` was called twice for one device id."""
 
 
+#: How the manager changes a device's status (``ConstellationDeviceManager._set_status``).
+_SetStatus = Callable[["_Device", DeviceStatus, "str | None"], None]
+
+
 class _Device:
-    """The manager's private per-device state: the public profile plus what drives it."""
+    """The manager's private per-device state: the public profile plus what drives it.
+
+    It is also its task lane's :class:`~galaxy_trio.manager.tasks.LaneHost`: the lane reports what its tasks do,
+    and the device turns that into status changes and events.
+    """
 
     __slots__ = (
+        "_hub",
+        "_set_status",
         "attempt",
         "changed",
         "connect_url",
         "idle_since",
+        "lane",
         "last_heartbeat_at",
         "lost_at",
         "phase",
         "phase_since",
         "profile",
-        "queued",
         "runner",
         "session",
-        "slot",
         "ssl_context",
         "stop_reason",
         "stopping",
         "went_idle",
     )
 
-    def __init__(self, profile: AgentProfile, connect_url: str, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        profile: AgentProfile,
+        connect_url: str,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        book: TaskBook,
+        hub: EventHub,
+        set_status: _SetStatus,
+    ) -> None:
         self.profile = profile
         self.connect_url = connect_url  # may hold the token: never log it, never put it in a profile
         self.ssl_context = ssl_context
         self.runner: trio.CancelScope | None = None
         self.session: ClientSession | None = None
         self.changed = trio.Event()
-        #: One task at a time per device; trio.Semaphore wakes waiters in FIFO order.
-        self.slot = trio.Semaphore(1)
-        self.queued = 0
+        self._hub = hub
+        self._set_status = set_status
+        self.lane: TaskLane = book.lane(self)
         self.stopping = False
         self.stop_reason: str | None = None
         #: Whether the current attempt reached IDLE, and when (trio time) the last IDLE link was lost.
@@ -132,10 +151,34 @@ class _Device:
             phase_since=self.phase_since,
             last_heartbeat_at=self.last_heartbeat_at,
             failure_reason=profile.failure_reason,
-            queue_depth=self.queued,
-            current_task=profile.current_task_id,
+            queue_depth=self.lane.queue_depth,
+            current_task=self.lane.current_task,
             idle_since=self.idle_since,
         )
+
+    # --- LaneHost: what the task lane reports --------------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        return self.profile.device_id
+
+    def task_queued(self, task_id: str) -> None:
+        self._hub.emit(EventKind.TASK_QUEUED, self.profile.device_id, task_id=task_id)
+
+    def task_started(self, task_id: str) -> None:
+        self.profile.current_task_id = task_id
+        self._set_status(self, DeviceStatus.BUSY, f"task {task_id}")
+        self._hub.emit(EventKind.TASK_STARTED, self.profile.device_id, task_id=task_id)
+
+    def task_left(self, task_id: str, *, link_alive: bool) -> None:
+        profile = self.profile
+        if profile.current_task_id == task_id:
+            profile.current_task_id = None
+        if link_alive and profile.status is DeviceStatus.BUSY:
+            self._set_status(self, DeviceStatus.IDLE, f"task {task_id} ended")
+
+    def task_finished(self, task_id: str, error_type: ErrorType | None) -> None:
+        self._hub.emit(EventKind.TASK_FINISHED, self.profile.device_id, task_id=task_id, error_type=error_type)
 
     def __repr__(self) -> str:
         return f"<device {self.profile.device_id} {self.profile.status.value}>"
@@ -153,48 +196,30 @@ class ConstellationDeviceManager:
     """
 
     def __init__(
-        self,
-        task_name: str | None = None,
-        *,
-        settings: ManagerSettings | None = None,
-        heartbeat_interval: float | None = None,
-        heartbeat_timeout: float | None = None,
-        reconnect_delay: float | None = None,
-        backoff_cap: float | None = None,
-        connect_timeout: float | None = None,
-        register_timeout: float | None = None,
-        telemetry_timeout: float | None = None,
-        task_timeout: float | None = None,
-        task_queue_size: int | None = None,
-        event_buffer: int | None = None,
+        self, task_name: str | None = None, *, settings: ManagerSettings | None = None, **overrides: Any
     ) -> None:
-        overrides: dict[str, Any] = {
-            key: value
-            for key, value in {
-                "task_name": task_name,
-                "heartbeat_interval": heartbeat_interval,
-                "heartbeat_timeout": heartbeat_timeout,
-                "reconnect_delay": reconnect_delay,
-                "backoff_cap": backoff_cap,
-                "connect_timeout": connect_timeout,
-                "register_timeout": register_timeout,
-                "telemetry_timeout": telemetry_timeout,
-                "task_timeout": task_timeout,
-                "task_queue_size": task_queue_size,
-                "event_buffer": event_buffer,
-            }.items()
-            if value is not None
-        }
-        base = settings if settings is not None else ManagerSettings()
-        self.settings: ManagerSettings = msgspec.structs.replace(base, **overrides)
-        _check_settings(self.settings)
+        """``settings`` (default: :class:`ManagerSettings`'s defaults) with any ``overrides`` by field name.
+
+        ``ConstellationDeviceManager(task_name="office", heartbeat_interval=5)`` and
+        ``ConstellationDeviceManager(settings=config.manager)`` both work. The result is validated by
+        :class:`ManagerSettings` itself, the one place that knows the settings: an unknown name or a bad value
+        raises :class:`~galaxy_trio.ConfigError` naming the field.
+        """
+        if task_name is not None:
+            overrides["task_name"] = task_name
+        self.settings: ManagerSettings = _settings_with(settings, overrides)
         self.task_name = self.settings.task_name
         self._backoff = Backoff(
             self.settings.reconnect_delay, max(self.settings.backoff_cap, self.settings.reconnect_delay)
         )
         self._devices: dict[str, _Device] = {}
         self._hub = EventHub(self.settings.event_buffer)
-        self._tasks = _tasks.TaskBook()
+        self._tasks = TaskBook(
+            task_name=self.task_name,
+            task_queue_size=self.settings.task_queue_size,
+            task_timeout=self.settings.task_timeout,
+            max_concurrent_tasks=self.settings.max_concurrent_tasks,
+        )
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._closed = False
@@ -256,7 +281,14 @@ class ConstellationDeviceManager:
             metadata=dict(config.metadata),
             max_retries=config.max_retries,
         )
-        device = _Device(profile, connect_url, client_ssl_context(config.ca_file))
+        device = _Device(
+            profile,
+            connect_url,
+            client_ssl_context(config.ca_file),
+            book=self._tasks,
+            hub=self._hub,
+            set_status=self._set_status,
+        )
         self._devices[config.device_id] = device
         logger.info("device %s registered (%s)", config.device_id, profile.server_url)
         if config.auto_connect:
@@ -401,10 +433,23 @@ class ConstellationDeviceManager:
         device_id: str,
         task_description: str,
         task_data: dict[str, Any] | None = None,
-    ) -> _tasks.TaskResult:
-        """Run one task on a device and return its result (see :mod:`galaxy_trio.manager.tasks`)."""
+    ) -> TaskResult:
+        """Run one task on a device and return its result (see :mod:`galaxy_trio.manager.tasks`).
+
+        The task waits in the device's queue, and for a free place under ``max_concurrent_tasks``, inside its time
+        bound: the caller's cancel scope, else ``task_timeout``. Refusals raise
+        :class:`~galaxy_trio.manager.TaskRefused` (unknown device: :class:`UnknownDevice`).
+        """
         device = self._get(device_id)
-        return await _tasks.run_task(self, device, task_id, task_description, task_data)
+        if device.runner is None:
+            profile = device.profile
+            registered = ", ".join(sorted(self._devices))
+            raise DeviceNotConnected(
+                f"device {device_id!r} is {profile.status.value} and not connecting"
+                f"{f' ({profile.failure_reason})' if profile.failure_reason else ''}; "
+                f"call connect_device() first. Registered devices: {registered}"
+            )
+        return await device.lane.run(task_id, task_description, task_data)
 
     # --- internals ---------------------------------------------------------------------------------------------
 
@@ -421,7 +466,8 @@ class ConstellationDeviceManager:
         device.runner = trio.CancelScope()
         # CONNECTING at once, so that a waiter started right after this call does not see the old verdict.
         self._set_status(device, DeviceStatus.CONNECTING)
-        nursery.start_soon(self._run_device, device, device.runner, name=f"device:{device.profile.device_id}")
+        device.lane.device_started()
+        nursery.start_soon(self._run_lane_device, device, device.runner, name=f"device:{device.profile.device_id}")
 
     def _stop(self, device: _Device, reason: str) -> None:
         """Stop a device's runner: close its live link gracefully, or cancel the attempt or backoff under way."""
@@ -451,6 +497,16 @@ class ConstellationDeviceManager:
         log("device %s: %s -> %s%s", profile.device_id, old.value, new.value, f" ({reason})" if reason else "")
         self._hub.emit(EventKind.STATUS, profile.device_id, old_status=old, new_status=new, reason=reason)
         _notify(device)
+
+    async def _run_lane_device(self, device: _Device, runner: trio.CancelScope) -> None:
+        """:meth:`_run_device`, then tell the device's task lane that it stopped, and why."""
+        try:
+            await self._run_device(device, runner)
+        finally:
+            profile = device.profile
+            device.lane.device_stopped(
+                profile.failure_reason or device.stop_reason or f"device is {profile.status.value}"
+            )
 
     def _emit(self, kind: EventKind, device_id: str, **fields: Any) -> None:
         self._hub.emit(kind, device_id, **fields)
@@ -511,7 +567,7 @@ class ConstellationDeviceManager:
             device.session = None
             device.enter_phase(None)
             if holder:
-                _tasks.detach(self, device, holder[0])
+                device.lane.detach(holder[0])
 
     async def _connect_and_serve(self, device: _Device, holder: list[ClientSession]) -> tuple[str, bool]:
         settings = self.settings
@@ -529,7 +585,9 @@ class ConstellationDeviceManager:
                 ):
                     # Phase 2 done: the WebSocket is open.
                     self._set_status(device, DeviceStatus.CONNECTED)
-                    session = ClientSession(link, conn.cancel_scope, profile.device_id)
+                    session = ClientSession(
+                        link, conn.cancel_scope, profile.device_id, client_id=self.client_id(profile.device_id)
+                    )
                     holder.append(session)
                     device.session = session
                     await conn.start(session.read_loop)
@@ -555,7 +613,7 @@ class ConstellationDeviceManager:
                         client_id = builders.constellation_client_id(self.task_name, profile.device_id)
                         system_info = None
                         with trio.move_on_after(settings.telemetry_timeout) as telemetry_scope:
-                            system_info = await fetch_system_info(session, client_id, profile.device_id)
+                            system_info = await fetch_system_info(session, profile.device_id)
                         if system_info is not None:
                             merge_system_info(profile, system_info)
                             self._emit(EventKind.TELEMETRY, profile.device_id)
@@ -613,8 +671,8 @@ class ConstellationDeviceManager:
             self._emit(EventKind.HEARTBEAT_MISSED, device_id, reason="no reply to heartbeat")
 
         session.on_heartbeat = on_heartbeat
-        _tasks.attach(self, device, session)
         self._set_status(device, DeviceStatus.IDLE)
+        device.lane.attach(session)
         return on_missed
 
     def __repr__(self) -> str:
@@ -632,26 +690,20 @@ def _notify(device: _Device) -> None:
     changed.set()
 
 
-def _check_settings(settings: ManagerSettings) -> None:
-    problems = []
-    for name in (
-        "heartbeat_interval",
-        "heartbeat_timeout",
-        "reconnect_delay",
-        "backoff_cap",
-        "connect_timeout",
-        "register_timeout",
-        "telemetry_timeout",
-        "task_timeout",
-    ):
-        value = getattr(settings, name)
-        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-            problems.append(f"{name} must be a positive number of seconds, got {value!r}")
-    for name in ("task_queue_size", "event_buffer"):
-        value = getattr(settings, name)
-        if not (isinstance(value, int) and value >= 1):
-            problems.append(f"{name} must be an integer >= 1, got {value!r}")
-    if not settings.task_name or "@" in settings.task_name:
-        problems.append(f"task_name must be non-empty and contain no '@', got {settings.task_name!r}")
-    if problems:
-        raise ValueError("invalid manager settings: " + "; ".join(problems))
+def _settings_with(base: ManagerSettings | None, overrides: dict[str, Any]) -> ManagerSettings:
+    """``base`` with ``overrides`` applied, validated by the Struct (``__post_init__`` runs on replace)."""
+    settings = base if base is not None else ManagerSettings()
+    if not overrides:
+        return settings
+    known = ManagerSettings.__struct_fields__
+    unknown = sorted(name for name in overrides if name not in known)
+    if unknown:
+        problems = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                ConfigProblem(message=f"unknown manager setting; {hint}known: {', '.join(known)}", field=name)
+            )
+        raise ConfigError(problems)
+    return msgspec.structs.replace(settings, **overrides)

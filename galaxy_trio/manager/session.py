@@ -1,4 +1,5 @@
-"""One AIP conversation between the manager and the server, for one device, over one WebSocket.
+"""One AIP conversation between the manager and the server, for one device, over one WebSocket: a thin trio
+driver of :class:`galaxy_trio.aip.client_protocol.ClientProtocol`, which decides what every frame means.
 
 A single reader task (started with ``nursery.start`` before anything is sent, so no reply can be missed) decodes
 every frame and hands it to whoever waits for it: the registration, a DEVICE_INFO request (by ``request_id``), a
@@ -14,19 +15,24 @@ from collections.abc import Callable
 
 import trio
 
-from ..aip import (
-    AIPDecodeError,
-    ClientMessage,
-    ServerMessage,
-    ServerMessageType,
-    TaskStatus,
-    builders,
-    decode_server_message,
+from ..aip import AIPDecodeError, ClientMessage, ServerMessage, ServerMessageType, builders
+from ..aip.client_protocol import (
+    ClientProtocol,
+    DeviceInfoAnswered,
+    Event,
+    RegistrationState,
+    Role,
+    ServerError,
+    ServerFrame,
+    TaskAcked,
+    TaskEnded,
+    Unsolicited,
+    Verdict,
 )
 from ..errors import LinkError
 from ..transport import ClientLink
 
-__all__ = ["MAX_PEER_TEXT", "ClientSession", "PendingTask", "Reply", "SessionEnded", "clip", "frame_error"]
+__all__ = ["MAX_PEER_TEXT", "ClientSession", "PendingTask", "Reply", "SessionEnded", "TaskTable", "clip", "frame_error"]
 
 logger = logging.getLogger("galaxy_trio.manager")
 
@@ -78,6 +84,25 @@ class PendingTask(Reply):
         self.acked = False
 
 
+class TaskTable(dict[str, PendingTask]):
+    """Tasks in flight on one link, by session_id (filled by the task layer); the protocol learns each one, so
+    only their acks and ends are attributed to them."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        super().__init__()
+        self._protocol = protocol
+
+    def __setitem__(self, session_id: str, pending: PendingTask) -> None:
+        self._protocol.expect_task(session_id)
+        super().__setitem__(session_id, pending)
+
+    def pop(self, session_id: str, default: PendingTask | None = None) -> PendingTask | None:  # type: ignore[override]
+        self._protocol.forget_task(session_id)
+        return super().pop(session_id, default)
+
+
 class ClientSession:
     """Routes the frames of one constellation link to their waiters; see the module docstring."""
 
@@ -88,26 +113,46 @@ class ClientSession:
         "_scope",
         "device_id",
         "end_reason",
-        "last_frame_at",
         "on_error",
         "on_heartbeat",
         "on_task_end",
+        "protocol",
         "tasks",
     )
 
-    def __init__(self, link: ClientLink, scope: trio.CancelScope, device_id: str) -> None:
+    def __init__(
+        self,
+        link: ClientLink,
+        scope: trio.CancelScope,
+        device_id: str,
+        *,
+        client_id: str | None = None,
+        heartbeat_interval: float = 30.0,
+        heartbeat_timeout: float = 10.0,
+    ) -> None:
         self._link = link
         self._scope = scope
         self.device_id = device_id
         self.end_reason: str | None = None
-        self.last_frame_at = trio.current_time()
+        self.protocol = ClientProtocol(
+            Role.CONSTELLATION,
+            client_id or device_id,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            now=trio.current_time(),
+        )
         self._registration: Reply | None = None
         self._info_requests: dict[str, Reply] = {}
         #: Tasks in flight on this link, by session_id (owned by the task layer).
-        self.tasks: dict[str, PendingTask] = {}
+        self.tasks: TaskTable = TaskTable(self.protocol)
         self.on_heartbeat: Callable[[ServerMessage], None] | None = None
         self.on_error: Callable[[str], None] | None = None
         self.on_task_end: Callable[[ServerMessage], None] | None = None
+
+    @property
+    def last_frame_at(self) -> float:
+        """Trio time of the last frame from the server (decodable or not)."""
+        return self.protocol.heartbeats.last_frame_at
 
     @property
     def ended(self) -> bool:
@@ -127,17 +172,20 @@ class ClientSession:
         """Whether frames from the server wait in the socket, unread: the link is not silent, only behind."""
         return self._link.has_unread_data()
 
-    def expect_registration(self) -> Reply:
-        """Arm the registration slot: the next ``heartbeat``/``ok`` or ``error`` frame answers it."""
+    def expect_registration(self, frame: ClientMessage) -> Reply:
+        """Arm the registration slot for REGISTER ``frame``; the verdict frame answers it."""
+        self.protocol.register(frame)
         self._registration = reply = Reply()
         return reply
 
-    def expect_device_info(self, request_id: str) -> Reply:
+    def expect_device_info(self, device_id: str, request_id: str) -> tuple[ClientMessage, Reply]:
+        """The DEVICE_INFO request frame to send, and the slot its answer arrives in."""
         reply = Reply()
         self._info_requests[request_id] = reply
-        return reply
+        return self.protocol.device_info_request(device_id, request_id), reply
 
     def forget_device_info(self, request_id: str) -> None:
+        self.protocol.forget_device_info(request_id)
         self._info_requests.pop(request_id, None)
 
     def end(self, reason: str) -> None:
@@ -159,66 +207,75 @@ class ClientSession:
         """The connection's only reader. Returns (after :meth:`end`) when the link ends."""
         task_status.started()
         link = self._link
+        protocol = self.protocol
         try:
             while True:
                 text = await link.receive()
-                self.last_frame_at = trio.current_time()
                 try:
-                    frame = decode_server_message(text)
+                    events = protocol.receive_text(text, trio.current_time())
                 except AIPDecodeError as exc:
                     # One bad frame is the server's bug, not a reason to drop a working link.
                     logger.warning("device %s: ignoring undecodable frame from server: %s", self.device_id, exc)
                     continue
-                self._dispatch(frame)
+                for event in events:
+                    self._dispatch(event)
         except LinkError as exc:
             self.end(str(exc))
 
-    def _dispatch(self, frame: ServerMessage) -> None:
-        kind = frame.type
-        registration = self._registration
-        if registration is not None and not registration.done:
-            # PROTOCOL.md §6: the next heartbeat/ok means accepted, the next error means rejected.
-            if kind is ServerMessageType.ERROR or (
-                kind is ServerMessageType.HEARTBEAT and frame.status is TaskStatus.OK
-            ):
-                registration.resolve(frame)
-                self._registration = None  # the waiter holds it; an idle link keeps no frame
-            return
-        if kind is ServerMessageType.HEARTBEAT:
-            if frame.session_id is not None:
-                pending = self.tasks.get(frame.session_id)
-                if pending is not None:
-                    pending.acked = True
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, ServerFrame):
+            if event.frame.type is ServerMessageType.HEARTBEAT and self.on_heartbeat is not None:
+                self.on_heartbeat(event.frame)
+        elif isinstance(event, Verdict):
+            registration = self._registration
+            self._registration = None  # the waiter holds it; an idle link keeps no frame
+            if registration is not None:
+                registration.resolve(_verdict_frame(event))
+        elif isinstance(event, TaskAcked):
+            pending = self.tasks.get(event.session_id)
+            if pending is not None:
+                pending.acked = True
             if self.on_heartbeat is not None:
-                self.on_heartbeat(frame)
-        elif kind is ServerMessageType.DEVICE_INFO_RESPONSE:
-            reply = self._info_requests.pop(frame.response_id or "", None)
+                self.on_heartbeat(event.frame)
+        elif isinstance(event, DeviceInfoAnswered):
+            reply = self._info_requests.pop(event.request_id, None)
             if reply is not None:
-                reply.resolve(frame)
-            else:
-                logger.debug("device %s: unsolicited DEVICE_INFO_RESPONSE ignored", self.device_id)
-        elif kind is ServerMessageType.TASK_END:
+                reply.resolve(event.frame)
+        elif isinstance(event, TaskEnded):
             if self.on_task_end is not None:
-                self.on_task_end(frame)
-        elif kind is ServerMessageType.ERROR:
+                self.on_task_end(event.frame)
+        elif isinstance(event, ServerError):
             # Server-supplied text ends up in logs, statuses and task results: bound it here, once.
-            self._on_error(clip(frame.error or "unspecified error"))
+            self._on_error(clip(event.text))
         else:
-            logger.debug("device %s: ignoring %s frame (not meant for a constellation)", self.device_id, kind.value)
+            assert isinstance(event, Unsolicited)
+            frame = event.frame
+            if frame is not None and frame.type is ServerMessageType.TASK_END:
+                # Unknown session, or a session of another device's link: never ours to act on (UFO advisory class).
+                logger.warning(
+                    "device %s: ignoring TASK_END for unknown session %r",
+                    self.device_id,
+                    clip(frame.session_id or "", 100),
+                )
+            else:
+                logger.debug("device %s: ignored: %s", self.device_id, event.why)
+
+    @property
+    def registered(self) -> bool:
+        return self.protocol.state is RegistrationState.REGISTERED
 
     def _on_error(self, text: str) -> None:
-        # ERROR frames carry no correlation id (PROTOCOL.md §6): it answers whatever is outstanding.
-        for reply in self._info_requests.values():
-            reply.resolve(_as_error(text))
-        self._info_requests.clear()
+        # ERROR frames carry no correlation id (PROTOCOL.md §6): the protocol answered every DEVICE_INFO request.
         if self.on_error is not None:
             self.on_error(text)
         else:
             logger.warning("device %s: server error: %s", self.device_id, text)
 
 
-def _as_error(text: str) -> ServerMessage:
-    return builders.server_error(text)
+def _verdict_frame(verdict: Verdict) -> ServerMessage:
+    if verdict.outcome is None:
+        return builders.registration_confirmation()
+    return builders.server_error(verdict.text or verdict.outcome.reason)
 
 
 def frame_error(frame: ServerMessage) -> str | None:

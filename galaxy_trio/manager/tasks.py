@@ -1,13 +1,22 @@
-"""Running tasks on IDLE devices: per-device FIFO queue, one task at a time, one result type.
+"""Running tasks on IDLE devices: one lane per device (FIFO, one task at a time), one result type.
 
-How a task travels: the caller joins the device's queue (a ``trio.Semaphore(1)``, which wakes waiters in FIFO
+A :class:`TaskLane` is everything about one device's tasks: its queue, the task running on it, and the live
+session tasks go out on. It talks to the manager only through :class:`LaneHost` (the device's status and the
+event stream are the manager's); the manager in turn drives the lane with four calls — ``device_started`` /
+``device_stopped`` (the device's runner began / ended) and ``attach`` / ``detach`` (a link reached IDLE / ended).
+A :class:`TaskBook` holds what the lanes of one manager share: the task ids pending and the limit on tasks running
+at once across the manager (``max_concurrent_tasks``, a :class:`trio.CapacityLimiter`).
+
+How a task travels: the caller joins the lane's queue (a ``trio.Semaphore(1)``, which wakes waiters in FIFO
 order; a cancelled waiter simply leaves it, so a task cancelled while queued is never sent). At the head of the
-queue it waits for the device to be IDLE — across reconnections — then sends TASK (``session_id =
-"<task_name>@<task_id>"``), marks the device BUSY and waits for the TASK_END with that session id *on that link*.
+queue it waits for the device to be IDLE — across reconnections — and for a token of the manager-wide limit, then
+sends TASK (``session_id = "<task_name>@<task_id>"``), marks the device BUSY and waits for the TASK_END with that
+session id *on that link*. All that waiting is inside the task's time bound (the caller's scope, else
+``task_timeout``).
 
-The device's slot is released by whoever ends the task: the TASK_END handler, an ERROR that rejects the TASK,
-or the link's end. So a caller that gives up while its task runs does not free the device early: it stays BUSY
-until its TASK_END arrives (the result is dropped), and tasks never overlap on a device.
+The lane's slot and the limit's token are released by whoever ends the task: the TASK_END handler, an ERROR that
+rejects the TASK, or the link's end. So a caller that gives up while its task runs does not free the device early:
+it stays BUSY until its TASK_END arrives (the result is dropped), and tasks never overlap on a device.
 """
 
 from __future__ import annotations
@@ -15,23 +24,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import msgspec
 import trio
 
-from ..aip import ServerMessage, TaskStatus, builders
+from ..aip import ClientMessage, ServerMessage, TaskStatus, builders
 from ..errors import GalaxyTrioError
-from .events import EventKind
-from .profile import DeviceStatus
 from .session import ClientSession, PendingTask, SessionEnded, clip
-
-if TYPE_CHECKING:
-    from .device_manager import ConstellationDeviceManager, _Device
 
 __all__ = [
     "DeviceNotConnected",
     "DuplicateTaskId",
+    "LaneHost",
+    "TaskBook",
+    "TaskClock",
+    "TaskLane",
     "TaskQueueFull",
     "TaskRefused",
     "TaskResult",
@@ -98,15 +106,6 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
         return self.status == "completed"
 
 
-class TaskBook:
-    """Task ids pending on one manager (a task id is refused while it is pending)."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self) -> None:
-        self.pending: set[str] = set()
-
-
 class TaskClock:
     """When a task was queued and started, for its :class:`TaskTimings` (also used by fleet routing)."""
 
@@ -146,116 +145,284 @@ class TaskClock:
         )
 
 
-async def run_task(
-    manager: ConstellationDeviceManager,
-    device: _Device,
-    task_id: str,
-    description: str,
-    task_data: dict[str, Any] | None,
-) -> TaskResult:
-    """Queue, send and await one task; see the module docstring. Refusals raise :class:`TaskRefused`."""
-    profile = device.profile
-    device_id = profile.device_id
-    book = manager._tasks
-    if task_id in book.pending:
-        raise DuplicateTaskId(f"task {task_id!r} is already pending")
-    if device.runner is None:
-        registered = ", ".join(sorted(manager._devices))
-        raise DeviceNotConnected(
-            f"device {device_id!r} is {profile.status.value} and not connecting"
-            f"{f' ({profile.failure_reason})' if profile.failure_reason else ''}; "
-            f"call connect_device() first. Registered devices: {registered}"
-        )
-    if device.queued >= manager.settings.task_queue_size:
-        raise TaskQueueFull(
-            f"device {device_id!r} already has {device.queued} queued tasks (task_queue_size="
-            f"{manager.settings.task_queue_size}); task {task_id!r} refused"
-        )
-    book.pending.add(task_id)
-    clock = TaskClock()
-    # The default bound applies only when the caller has set no deadline of its own.
-    default_bound = manager.settings.task_timeout if trio.current_effective_deadline() == math.inf else math.inf
-    try:
-        with trio.move_on_after(default_bound) as bound:
-            result = await _queue_and_run(manager, device, task_id, description, task_data, clock)
-        if bound.cancelled_caught:
-            result = clock.failed(
-                task_id,
-                device_id,
-                "timeout",
-                f"task did not finish within task_timeout={default_bound:g}s (queue time included)",
+class LaneHost(Protocol):
+    """The manager's side of one device's lane: the lane reports what its tasks do, the manager keeps the device's
+    status (BUSY/IDLE, ``current_task_id``) and publishes the task events."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    def task_queued(self, task_id: str) -> None:
+        """A task joined the queue (TASK_QUEUED)."""
+
+    def task_started(self, task_id: str) -> None:
+        """The task is going out to the device: BUSY with it (TASK_STARTED)."""
+
+    def task_left(self, task_id: str, *, link_alive: bool) -> None:
+        """The device no longer runs the task: back to IDLE if its link is alive."""
+
+    def task_finished(self, task_id: str, error_type: ErrorType | None) -> None:
+        """The caller has the task's result (TASK_FINISHED)."""
+
+
+class TaskBook:
+    """What the lanes of one manager share: the task ids pending, and the limit on tasks running at once."""
+
+    __slots__ = ("_pending", "limiter", "task_name", "task_queue_size", "task_timeout")
+
+    def __init__(
+        self, *, task_name: str, task_queue_size: int, task_timeout: float, max_concurrent_tasks: int | None
+    ) -> None:
+        self.task_name = task_name
+        self.task_queue_size = task_queue_size
+        self.task_timeout = task_timeout
+        #: Held by each task from just before its TASK goes out until it ends; ``None``: no limit.
+        self.limiter = None if max_concurrent_tasks is None else trio.CapacityLimiter(max_concurrent_tasks)
+        self._pending: set[str] = set()
+
+    def lane(self, host: LaneHost) -> TaskLane:
+        """A new lane for one device, reporting to ``host``."""
+        return TaskLane(self, host)
+
+    @property
+    def running(self) -> int:
+        """Tasks holding a token of the limit (0 when there is no limit)."""
+        return 0 if self.limiter is None else self.limiter.borrowed_tokens
+
+    def claim(self, task_id: str) -> None:
+        """Mark ``task_id`` pending; :class:`DuplicateTaskId` if it already is."""
+        if task_id in self._pending:
+            raise DuplicateTaskId(f"task {task_id!r} is already pending")
+        self._pending.add(task_id)
+
+    def release(self, task_id: str) -> None:
+        self._pending.discard(task_id)
+
+
+class TaskLane:
+    """One device's tasks: its FIFO queue, the task running on it and the live session; see the module docstring."""
+
+    __slots__ = ("_book", "_changed", "_current", "_host", "_queued", "_running", "_session", "_slot", "_stop_reason")
+
+    def __init__(self, book: TaskBook, host: LaneHost) -> None:
+        self._book = book
+        self._host = host
+        #: One task at a time per device; trio.Semaphore wakes waiters in FIFO order.
+        self._slot = trio.Semaphore(1)
+        self._queued = 0
+        self._current: str | None = None
+        self._session: ClientSession | None = None
+        self._running = False
+        self._stop_reason = "device not started"
+        #: Made when a task first waits for the device (most devices never queue one: no Event per idle device).
+        self._changed: trio.Event | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Tasks waiting for the device (the one running not included)."""
+        return self._queued
+
+    @property
+    def current_task(self) -> str | None:
+        """The id of the task the device runs now."""
+        return self._current
+
+    # --- the manager's calls -----------------------------------------------------------------------------------
+
+    def device_started(self) -> None:
+        """The device's runner began: queued tasks wait for it to become IDLE."""
+        self._running = True
+        self._notify()
+
+    def device_stopped(self, reason: str) -> None:
+        """The device's runner ended (FAILED, disconnected, removed): tasks still waiting fail with ``reason``."""
+        self._running = False
+        self._stop_reason = reason
+        self._notify()
+
+    def attach(self, session: ClientSession) -> None:
+        """The device is IDLE on ``session``: route its TASK_END and ERROR frames here; waiting tasks may go."""
+
+        def on_task_end(frame: ServerMessage) -> None:
+            session_id = frame.session_id or ""
+            if session_id not in session.tasks:
+                # Unknown session, or a session of another device's link: never ours to act on (UFO advisory class).
+                logger.warning(
+                    "device %s: ignoring TASK_END for unknown session %r", self._host.device_id, clip(session_id, 100)
+                )
+                return
+            self._finish(session, session_id, frame)
+
+        def on_error(text: str) -> None:
+            # ERRORs carry no correlation id; one arriving before a task's ack is that TASK's rejection
+            # (UFO's server checks a TASK before acking it). After the ack it cannot be about the task.
+            unacked = [sid for sid, pending in session.tasks.items() if not pending.acked]
+            if not unacked:
+                logger.warning("device %s: server error: %s", self._host.device_id, text)
+                return
+            for session_id in unacked:
+                self._finish(session, session_id, builders.server_error(text))
+
+        session.on_task_end = on_task_end
+        session.on_error = on_error
+        self._session = session
+        self._notify()
+
+    def detach(self, session: ClientSession) -> None:
+        """``session``'s link ended: its in-flight tasks have failed (``session.end``); free what they held."""
+        if self._session is session:
+            self._session = None
+        for pending in session.tasks.values():
+            pending.fail(SessionEnded(session.end_reason or "link closed"))
+            self._free(pending, link_alive=False)
+        session.tasks.clear()
+        self._notify()
+
+    # --- the caller's side -------------------------------------------------------------------------------------
+
+    async def run(self, task_id: str, description: str, task_data: dict[str, Any] | None) -> TaskResult:
+        """Queue, send and await one task. Refusals (duplicate id, full queue) raise :class:`TaskRefused`."""
+        book = self._book
+        device_id = self._host.device_id
+        if self._queued >= book.task_queue_size:
+            raise TaskQueueFull(
+                f"device {device_id!r} already has {self._queued} queued tasks (task_queue_size="
+                f"{book.task_queue_size}); task {task_id!r} refused"
             )
-    finally:
-        book.pending.discard(task_id)
-    manager._emit(EventKind.TASK_FINISHED, device_id, task_id=task_id, error_type=result.error_type)
-    return result
+        book.claim(task_id)
+        clock = TaskClock()
+        # The default bound applies only when the caller has set no deadline of its own.
+        default_bound = book.task_timeout if trio.current_effective_deadline() == math.inf else math.inf
+        try:
+            with trio.move_on_after(default_bound) as bound:
+                result = await self._queue_and_run(task_id, description, task_data, clock)
+            if bound.cancelled_caught:
+                result = clock.failed(
+                    task_id,
+                    device_id,
+                    "timeout",
+                    f"task did not finish within task_timeout={default_bound:g}s (queue time included)",
+                )
+        finally:
+            book.release(task_id)
+        self._host.task_finished(task_id, result.error_type)
+        return result
 
-
-async def _queue_and_run(
-    manager: ConstellationDeviceManager,
-    device: _Device,
-    task_id: str,
-    description: str,
-    task_data: dict[str, Any] | None,
-    clock: TaskClock,
-) -> TaskResult:
-    device_id = device.profile.device_id
-    device.queued += 1
-    manager._emit(EventKind.TASK_QUEUED, device_id, task_id=task_id)
-    try:
-        await device.slot.acquire()
-    finally:
-        device.queued -= 1
-    handed_over = False
-    try:
-        session = await _wait_until_idle(device)
-        if session is None:
-            reason = device.profile.failure_reason or device.stop_reason or f"device is {device.profile.status.value}"
-            return clock.failed(task_id, device_id, "device_failed", f"device {device_id!r} stopped: {reason}")
-        session_id = f"{manager.task_name}@{task_id}"
+    async def _queue_and_run(
+        self, task_id: str, description: str, task_data: dict[str, Any] | None, clock: TaskClock
+    ) -> TaskResult:
+        host = self._host
+        device_id = host.device_id
+        self._queued += 1
+        host.task_queued(task_id)
+        try:
+            await self._slot.acquire()
+        finally:
+            self._queued -= 1
         pending = PendingTask(task_id)
-        session.tasks[session_id] = pending
-        device.profile.current_task_id = task_id
-        manager._set_status(device, DeviceStatus.BUSY, f"task {task_id}")
-        clock.start()
-        manager._emit(EventKind.TASK_STARTED, device_id, task_id=task_id)
+        handed_over = False
+        try:
+            session = await self._wait_for_turn(pending)
+            if session is None:
+                return clock.failed(
+                    task_id, device_id, "device_failed", f"device {device_id!r} stopped: {self._stop_reason}"
+                )
+            session_id = f"{self._book.task_name}@{task_id}"
+            session.tasks[session_id] = pending
+            # From here the slot (and the limit's token) belong to the in-flight task: TASK_END, a rejection or the
+            # link's end frees them.
+            handed_over = True
+            self._current = task_id
+            host.task_started(task_id)
+            clock.start()
+            await self._send(session, task_id, self._task_frame(task_id, session_id, description, task_data))
+            try:
+                reply = await pending.wait()
+            except SessionEnded as exc:
+                return clock.failed(task_id, device_id, "device_disconnection", f"link to device lost mid-task: {exc}")
+            return _result_from(reply, task_id, device_id, clock)
+        finally:
+            if not handed_over:
+                self._slot.release()
+
+    async def _wait_for_turn(self, pending: PendingTask) -> ClientSession | None:
+        """The live session once the device is IDLE and, with a limit, a token is held for ``pending``; ``None``
+        (and no token) if the device stops first."""
+        limiter = self._book.limiter
+        while True:
+            session = await self._live_session()
+            if session is None or limiter is None:
+                return session
+            await limiter.acquire_on_behalf_of(pending)
+            session = self._ready_session()
+            if session is not None:
+                return session
+            # The link dropped while the task waited for capacity: give the token back, wait for the device again.
+            limiter.release_on_behalf_of(pending)
+
+    async def _live_session(self) -> ClientSession | None:
+        while True:
+            session = self._ready_session()
+            if session is not None:
+                return session
+            if not self._running:
+                return None
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
+
+    def _ready_session(self) -> ClientSession | None:
+        session = self._session
+        return session if session is not None and not session.ended else None
+
+    def _task_frame(
+        self, task_id: str, session_id: str, description: str, task_data: dict[str, Any] | None
+    ) -> ClientMessage:
+        task_name = self._book.task_name
+        device_id = self._host.device_id
         frame = builders.task_request(
-            builders.constellation_client_id(manager.task_name, device_id),
+            builders.constellation_client_id(task_name, device_id),
             device_id,
             session_id=session_id,
-            task_name=f"galaxy/{manager.task_name}/{task_id}",
+            task_name=f"galaxy/{task_name}/{task_id}",
             request=description,
         )
         if task_data is not None:
             frame.metadata = {"task_data": task_data}
-        # From here the slot belongs to the in-flight task: TASK_END, a rejection or the link's end frees it.
-        handed_over = True
+        return frame
+
+    @staticmethod
+    async def _send(session: ClientSession, task_id: str, frame: ClientMessage) -> None:
+        """Send the TASK shielded and bounded: a cancelled caller cannot leave half a TASK behind."""
         with trio.CancelScope(shield=True), trio.move_on_after(_SEND_GRACE) as send_scope:
             try:
                 await session.send(frame)
             except SessionEnded:
-                pass
+                pass  # the link's end fails the task (detach)
         if send_scope.cancelled_caught:
             session.end(f"sending TASK {task_id} stalled for {_SEND_GRACE:g}s")
-        try:
-            reply = await pending.wait()
-        except SessionEnded as exc:
-            return clock.failed(task_id, device_id, "device_disconnection", f"link to device lost mid-task: {exc}")
-        return _result_from(reply, task_id, device_id, clock)
-    finally:
-        if not handed_over:
-            device.slot.release()
 
+    def _finish(self, session: ClientSession, session_id: str, frame: ServerMessage) -> None:
+        pending = session.tasks.pop(session_id, None)
+        if pending is None:
+            return
+        pending.resolve(frame)
+        self._free(pending, link_alive=not session.ended)
 
-async def _wait_until_idle(device: _Device) -> ClientSession | None:
-    """The live session once the device is IDLE; ``None`` if the device stops (FAILED or disconnected)."""
-    while True:
-        session = device.session
-        if device.profile.status is DeviceStatus.IDLE and session is not None and not session.ended:
-            return session
-        if device.runner is None:
-            return None
-        await device.changed.wait()
+    def _free(self, pending: PendingTask, *, link_alive: bool) -> None:
+        """The device no longer runs ``pending``: release its slot and token, tell the host."""
+        if self._current == pending.task_id:
+            self._current = None
+        self._host.task_left(pending.task_id, link_alive=link_alive)
+        if self._book.limiter is not None:
+            self._book.limiter.release_on_behalf_of(pending)
+        self._slot.release()
+
+    def _notify(self) -> None:
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
 
 def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: TaskClock) -> TaskResult:
@@ -276,54 +443,3 @@ def _result_from(frame: ServerMessage, task_id: str, device_id: str, clock: Task
         error_type=error_type,
         timings=clock.timings(),
     )
-
-
-# --- hooks the manager installs on each live session -----------------------------------------------------------
-
-
-def attach(manager: ConstellationDeviceManager, device: _Device, session: ClientSession) -> None:
-    """Route this session's TASK_END and ERROR frames to the tasks in flight on it."""
-
-    def finish(session_id: str, frame: ServerMessage) -> None:
-        pending = session.tasks.pop(session_id, None)
-        if pending is None:
-            return
-        pending.resolve(frame)
-        if device.profile.current_task_id == pending.task_id:
-            device.profile.current_task_id = None
-        if device.profile.status is DeviceStatus.BUSY and not session.ended:
-            manager._set_status(device, DeviceStatus.IDLE, f"task {pending.task_id} ended")
-        device.slot.release()
-
-    def on_task_end(frame: ServerMessage) -> None:
-        session_id = frame.session_id or ""
-        if session_id not in session.tasks:
-            # Unknown session, or a session of another device's link: never ours to act on (UFO advisory class).
-            logger.warning(
-                "device %s: ignoring TASK_END for unknown session %r", device.profile.device_id, clip(session_id, 100)
-            )
-            return
-        finish(session_id, frame)
-
-    def on_error(text: str) -> None:
-        # ERRORs carry no correlation id; one arriving before a task's ack is that TASK's rejection
-        # (UFO's server checks a TASK before acking it). After the ack it cannot be about the task.
-        unacked = [sid for sid, pending in session.tasks.items() if not pending.acked]
-        if not unacked:
-            logger.warning("device %s: server error: %s", device.profile.device_id, text)
-            return
-        for session_id in unacked:
-            finish(session_id, builders.server_error(text))
-
-    session.on_task_end = on_task_end
-    session.on_error = on_error
-
-
-def detach(manager: ConstellationDeviceManager, device: _Device, session: ClientSession) -> None:
-    """The link ended: its in-flight tasks have failed (``session.end``); free their slots."""
-    for pending in session.tasks.values():
-        pending.fail(SessionEnded(session.end_reason or "link closed"))
-        if device.profile.current_task_id == pending.task_id:
-            device.profile.current_task_id = None
-        device.slot.release()
-    session.tasks.clear()

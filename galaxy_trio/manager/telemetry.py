@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ..aip import builders, new_id
+from ..aip import new_id
 from .profile import AgentProfile
 from .session import ClientSession, frame_error
 
@@ -63,15 +63,16 @@ def merge_system_info(profile: AgentProfile, system_info: dict[str, Any]) -> Non
         profile.metadata["tags"] = system_info["tags"]
 
 
-async def fetch_system_info(session: ClientSession, client_id: str, device_id: str) -> dict[str, Any] | None:
+async def fetch_system_info(session: ClientSession, device_id: str) -> dict[str, Any] | None:
     """Ask for ``device_id``'s system_info; ``None`` if the server has none or refuses (never raises for that).
 
-    The wait is bounded by the caller's cancel scope; the request is forgotten if that scope gives up.
+    The wait is bounded by the caller's cancel scope; the request is forgotten if that scope gives up. The
+    session's protocol builds the request (with its client id) and correlates the answer by ``request_id``.
     """
     request_id = f"device_info_{device_id}_{new_id()}"
-    reply = session.expect_device_info(request_id)
+    request, reply = session.expect_device_info(device_id, request_id)
     try:
-        await session.send(builders.device_info_request(client_id, device_id, request_id))
+        await session.send(request)
         frame = await reply.wait()
     finally:
         session.forget_device_info(request_id)

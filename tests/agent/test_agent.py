@@ -20,10 +20,12 @@ import trio
 import trio.testing
 
 from galaxy_trio.agent import (
+    AgentState,
     AuthenticationRejected,
     DeviceAgent,
     DeviceInfoProvider,
     RetriesExhausted,
+    ServerUnusable,
     SystemProbes,
     ToolExecutor,
     ToolRegistry,
@@ -179,6 +181,7 @@ async def test_serve_device_agent_returns_the_registered_agent(server: FakeServe
     agent = await nursery.start(serve_device_agent, server.url, "dev-1")
 
     assert isinstance(agent, DeviceAgent) and agent.registered and agent.device_id == "dev-1"
+    assert agent.state is AgentState.REGISTERED
 
 
 async def test_handshake_403_stops_at_once_with_a_clear_error(nursery: trio.Nursery) -> None:
@@ -193,6 +196,27 @@ async def test_handshake_403_stops_at_once_with_a_clear_error(nursery: trio.Nurs
     assert "HTTP 403" in message and "token is wrong or missing" in message and "not retrying" in message
     assert "token=***" in message and TOKEN not in message
     assert server.handshakes == 1
+
+
+async def test_handshake_404_stops_naming_the_path_not_retried_forever(nursery: trio.Nursery) -> None:
+    server = FakeServer(reject_status=404)
+    await server.start(nursery)
+
+    with pytest.raises(ServerUnusable) as raised:
+        await make_agent(server).run()
+
+    message = str(raised.value)
+    assert "HTTP 404" in message and "/ws" in message and "not retrying" in message and TOKEN not in message
+    assert server.handshakes == 1
+
+
+async def test_a_port_out_of_range_stops_at_once_naming_the_url() -> None:
+    agent = DeviceAgent(f"ws://127.0.0.1:70000/ws?token={TOKEN}", "dev-1", reconnect_delay=0.01, backoff_cap=0.01)
+    with trio.fail_after(5), pytest.raises(ServerUnusable) as raised:
+        await agent.run()
+    message = str(raised.value)
+    assert "Port out of range" in message and "server URL" in message and TOKEN not in message
+    assert agent.stats.connect_attempts == 1
 
 
 async def test_handshake_401_is_permanent_too(nursery: trio.Nursery) -> None:

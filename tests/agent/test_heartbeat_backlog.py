@@ -15,6 +15,7 @@ from galaxy_trio.agent import DeviceAgent
 from galaxy_trio.agent.agent import _Connection
 from galaxy_trio.agent.errors import LinkDead
 from galaxy_trio.aip import builders, encode_text
+from galaxy_trio.aip.client_protocol import Heartbeats
 from tests.transport._wsserver import connect, serving
 
 INTERVAL = 10.0
@@ -27,7 +28,7 @@ async def test_an_unread_answer_keeps_the_link(autojump_clock: trio.testing.Mock
         link, peer = await connect(server)
         heartbeats: list[tuple[float, str]] = []
         async with trio.open_nursery() as nursery:
-            conn = _Connection(link, nursery)
+            conn = _Connection(link, nursery, Heartbeats(INTERVAL, TIMEOUT, trio.current_time()))
             started = trio.current_time()
             nursery.start_soon(agent._heartbeats, conn)
             text = await peer.next_message()
@@ -48,7 +49,7 @@ async def test_silence_still_ends_the_link_at_interval_plus_timeout(autojump_clo
         agent = DeviceAgent(server.url(), "dev", heartbeat_interval=INTERVAL, heartbeat_timeout=TIMEOUT)
         link, peer = await connect(server)
         async with trio.open_nursery() as nursery:
-            conn = _Connection(link, nursery)
+            conn = _Connection(link, nursery, Heartbeats(INTERVAL, TIMEOUT, trio.current_time()))
             started = trio.current_time()
             nursery.start_soon(agent._heartbeats, conn)
             assert '"type":"heartbeat"' in await peer.next_message()  # and no answer at all

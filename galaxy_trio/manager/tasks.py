@@ -284,12 +284,13 @@ class TaskLane:
         """Queue, send and await one task. Refusals (duplicate id, full queue) raise :class:`TaskRefused`."""
         book = self._book
         device_id = self._host.device_id
+        book.claim(task_id)  # a duplicate id is the more specific refusal: checked before the queue's room
         if self._queued >= book.task_queue_size:
+            book.release(task_id)
             raise TaskQueueFull(
                 f"device {device_id!r} already has {self._queued} queued tasks (task_queue_size="
                 f"{book.task_queue_size}); task {task_id!r} refused"
             )
-        book.claim(task_id)
         clock = TaskClock()
         # The default bound applies only when the caller has set no deadline of its own.
         default_bound = book.task_timeout if trio.current_effective_deadline() == math.inf else math.inf

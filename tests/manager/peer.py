@@ -52,6 +52,8 @@ class Conn:
     ws: trio_websocket.WebSocketConnection
     client_id: str | None = None
     received: list[ClientMessage] = field(default_factory=list)
+    #: trio.current_time() at which each frame in ``received`` arrived.
+    received_at: list[float] = field(default_factory=list)
 
     async def send(self, text: str) -> None:
         await self.ws.send_message(text)
@@ -91,6 +93,18 @@ class ScriptedPeer:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws?token={self.token}"
+
+    def heartbeat_times(self) -> list[tuple[float, ClientMessage]]:
+        """When each HEARTBEAT arrived (trio's clock), over every connection, in order."""
+        return sorted(
+            (
+                (at, m)
+                for c in self.connections
+                for at, m in zip(c.received_at, c.received, strict=True)
+                if m.type is ClientMessageType.HEARTBEAT
+            ),
+            key=lambda pair: pair[0],
+        )
 
     def frames_of(self, kind: ClientMessageType) -> list[ClientMessage]:
         return [m for c in self.connections for m in c.received if m.type is kind]
@@ -140,6 +154,7 @@ class ScriptedPeer:
                 message = decode_client_message(text)
                 assert encode(message).decode() == text, f"frame does not re-encode identically: {text}"
                 conn.received.append(message)
+                conn.received_at.append(trio.current_time())
                 self._notify()
                 if not await self._answer(conn, message):
                     return

@@ -290,7 +290,7 @@ class ConstellationDeviceManager:
             set_status=self._set_status,
         )
         self._devices[config.device_id] = device
-        logger.info("device %s registered (%s)", config.device_id, profile.server_url)
+        logger.info("device %s added (%s)", config.device_id, profile.server_url)  # not yet connected
         if config.auto_connect:
             self._start(device)
         return profile.snapshot()

@@ -1,16 +1,24 @@
 """ConstellationDeviceManager: turns configured devices into connected, profiled, task-ready agents.
 
 Each device gets one long-lived runner task in the manager's nursery. The runner loops over connection attempts;
-each attempt opens its own nursery (holding the link's one reader) and walks the phases in the runner itself:
+an attempt opens its own nursery (holding the link's one reader) and walks the phases of :mod:`.phases` in the
+runner itself, each phase in the module of its name::
 
-    connect (phase 2) → register (phase 3) → telemetry (phase 4) → activate (phase 5, IDLE; the runner then
-    sends the heartbeats until the link ends)
+    connect.py (phase 2) → register.py (3) → telemetry.py (4) → activate.py (5: IDLE; the runner then sends the
+    heartbeats until the link ends)
 
-Every phase is bounded by a cancel scope (``connect_timeout``, ``register_timeout``, ``telemetry_timeout``), so a
-stalled handshake or a server that never confirms REGISTER costs exactly its timeout. Failures that retrying can
-fix are retried with exponential backoff and full jitter up to ``max_retries`` consecutive attempts; the rest
-(HTTP 401/403, a duplicate client_id — unless our own lost link may still hold it —, any other rejection) fail the
-device at once with the reason.
+Each phase runs under a cancel scope of its bound (``connect_timeout``, ``register_timeout``,
+``telemetry_timeout``; :func:`.phases.phase_timeouts`), so a stalled handshake or a server that never confirms
+REGISTER costs exactly its timeout, and the attempt ends in a frozen :class:`~galaxy_trio.aip.client_protocol.
+Outcome` (why, and whether retrying can help) decided by the one client protocol the agent shares. Retryable
+outcomes are retried with exponential backoff and full jitter up to ``max_retries`` consecutive attempts; the rest
+(HTTP 401/403/404, a duplicate client_id — unless our own lost link may still hold it —, any other rejection) fail
+the device at once with the reason. A FAILED device stays FAILED until :meth:`ConstellationDeviceManager.
+connect_device`, unless ``failed_retry_interval`` is set (``run`` sets it): then one attempt re-probes it that
+often, and a device that comes back is IDLE again.
+
+Task queueing lives in ``tasks.py`` (a lane per device, talking to the device through a small Protocol), the
+per-link AIP conversation in ``session.py``.
 """
 
 from __future__ import annotations

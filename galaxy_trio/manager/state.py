@@ -10,17 +10,12 @@ subscribing to events; being frozen, a snapshot can be handed to another thread 
 
 from __future__ import annotations
 
-from typing import Final, Literal
-
 import msgspec
 
+from .phases import Phase
 from .profile import DeviceStatus
 
-__all__ = ["PHASES", "DeviceState", "PhaseName"]
-
-#: The phases of one connection attempt, in order (phase 1, the config entry, happens before any attempt).
-PhaseName = Literal["connect", "register", "telemetry", "active"]
-PHASES: Final[tuple[PhaseName, ...]] = ("connect", "register", "telemetry", "active")
+__all__ = ["DeviceState"]
 
 
 class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,7 +33,7 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
 
     device_id: str
     status: DeviceStatus
-    phase: PhaseName | None
+    phase: Phase | None
     attempt: int
     phase_since: float
     last_heartbeat_at: float | None

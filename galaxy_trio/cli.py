@@ -26,6 +26,7 @@ import msgspec
 import trio
 
 from ._nursery import open_service_nursery
+from .aip.client_protocol import REFUSED_HINT
 from .config import ConfigError, DeviceConfig, GalaxyConfig, load_config
 from .errors import GalaxyTrioError
 from .redact import redact_url, url_token
@@ -513,21 +514,23 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def _task_hint(reason: str) -> str:
-    """What to do when ``task`` cannot bring its device up, read from the manager's failure reason."""
+    """What to do when ``task`` cannot bring its device up, read from the manager's failure reason.
+
+    The reason already says what the protocol knows (the token, the /ws path, a server not running: see
+    ``aip/client_protocol.py``); this adds what is specific to the command line.
+    """
     if "already registered" in reason:
         return (
             "; a running 'run' probably drives this device: send the task through its control plane with"
             " 'python -m galaxy_trio ctl task ID REQUEST --control URL', or stop that run first"
         )
     if "HTTP 401" in reason or "HTTP 403" in reason:
-        return "; the token is wrong or missing: check ?token= in server_url or the token_env variable"
-    if "HTTP 404" in reason:
+        return "; check ?token= in server_url or the token_env variable"
+    if "HTTP 404" in reason and "/ws" not in reason:
         return "; nothing serves AIP at that path: galaxy_trio and UFO servers listen on /ws"
     if "refused" in reason or "all attempts to connect" in reason:
-        return (
-            "; connection refused: is the device's AIP server running? check the host and port of its server_url"
-            " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
-        )
+        check = "" if REFUSED_HINT in reason else f"; connection refused: {REFUSED_HINT}"
+        return f"{check}; 'python -m galaxy_trio serve' starts a server, --local starts one in this process"
     return ""
 
 

@@ -286,9 +286,10 @@ def test_task_against_a_server_that_is_not_running_says_refused_and_what_to_chec
     assert done.returncode == 1
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith("error: device d is failed: ")
+    assert "connection refused by 127.0.0.1:" in error and "all attempts to connect" not in error
     assert error.endswith(
-        "; connection refused: is the device's AIP server running? check the host and port of its server_url"
-        " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
+        ": is the AIP server running? check the host and port of the server URL"
+        "; 'python -m galaxy_trio serve' starts a server, --local starts one in this process"
     )
     assert "Traceback" not in done.stderr
 
@@ -313,7 +314,7 @@ async def test_task_with_a_wrong_token_says_token_wrong_or_missing(tmp_path: Pat
         nursery.cancel_scope.cancel()
     err = done.stderr.decode()
     assert done.returncode == 1, err
-    assert "HTTP 403; the token is wrong or missing: check ?token= in server_url or the token_env variable" in err
+    assert "HTTP 403: the token is wrong or missing; check ?token= in server_url or the token_env variable" in err
     assert "wrong" not in err.replace("is wrong or missing", "")  # the token itself never shows
 
 

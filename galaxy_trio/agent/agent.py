@@ -51,7 +51,15 @@ from ..aip import (
     json_error,
     utc_timestamp,
 )
-from ..aip.client_protocol import ClientProtocol, Heartbeats, Role, Verdict, connect_outcome, handshake_outcome
+from ..aip.client_protocol import (
+    ClientProtocol,
+    Heartbeats,
+    Outcome,
+    Role,
+    Verdict,
+    connect_outcome,
+    handshake_outcome,
+)
 from ..backoff import Backoff
 from ..errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed, LinkError, RegistrationRejected
 from ..redact import redact_url
@@ -279,10 +287,10 @@ class DeviceAgent:
                 try:
                     await self._connect_once(on_registered)
                 except (HandshakeRejected, ConnectFailed) as exc:
-                    self._stop_if_permanent(exc)
+                    reason = self._stop_if_permanent(exc).describe()
                     error: LinkError = exc
                 except LinkError as exc:
-                    error = exc
+                    reason, error = str(exc), exc
                 failures += 1
                 if self._max_retries is not None and failures > self._max_retries:
                     gave_up = RetriesExhausted(failures, error)
@@ -292,7 +300,7 @@ class DeviceAgent:
                 logger.warning(
                     "device %r: %s; reconnecting to %s in %.2f s (failure %d)",
                     self.device_id,
-                    error,
+                    reason,
                     self._shown_url,
                     delay,
                     failures,
@@ -303,8 +311,9 @@ class DeviceAgent:
             if self._state is not AgentState.DISCONNECTED:
                 self._set_state(AgentState.DISCONNECTED)
 
-    def _stop_if_permanent(self, exc: HandshakeRejected | ConnectFailed) -> None:
-        """Raise the :class:`AgentStopped` for what retrying cannot fix, by the protocol's one classification."""
+    def _stop_if_permanent(self, exc: HandshakeRejected | ConnectFailed) -> Outcome:
+        """Raise the :class:`AgentStopped` for what retrying cannot fix, by the protocol's one classification;
+        return the outcome of a retryable failure."""
         if isinstance(exc, HandshakeRejected):
             if exc.status_code in _AUTH_STATUSES:
                 stop: AgentStopped = AuthenticationRejected(exc.status_code, self._shown_url)
@@ -317,6 +326,7 @@ class DeviceAgent:
             stop = ServerUnusable(self._shown_url, outcome.describe())
             logger.error("device %r: %s", self.device_id, stop)
             raise stop from None
+        return outcome
 
     async def _connect_once(self, on_registered: Callable[[], None]) -> NoReturn:
         """Connect, register, serve; always ends with a :class:`LinkError` (or cancellation)."""

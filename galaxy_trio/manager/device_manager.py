@@ -36,7 +36,7 @@ from ..config import ConfigError, ConfigProblem, DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
 from ..transport import CLOSE_GRACE
 from .activate import keep_alive
-from .connect import client_ssl_context, is_permanent, open_link
+from .connect import classify, client_ssl_context, open_link
 from .events import EventHub, EventKind, EventSubscription
 from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
 from .register import RegistrationRejected, is_duplicate, register
@@ -641,7 +641,8 @@ class ConstellationDeviceManager:
                 # A failure while the link closes never replaces a verdict already reached on it (a rejection, a
                 # timeout, why the link ended): a duplicate-id rejection must not turn into a retryable "closed".
                 if outcome is None and (session is None or session.end_reason is None):
-                    outcome = (str(exc), is_permanent(exc))
+                    verdict = classify(exc)  # its words, with what to check (a token, a server not running)
+                    outcome = (verdict.describe(), verdict.permanent)
         if outcome is not None:
             return outcome
         if deadline.cancelled_caught:

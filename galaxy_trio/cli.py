@@ -13,13 +13,14 @@ import importlib.util
 import logging
 import os
 import secrets
+import shlex
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import msgspec
@@ -85,8 +86,15 @@ def _version() -> str:
     return f"galaxy_trio {__version__} (Python {sys.version.split()[0]}, trio {trio.__version__})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line — what was wrong, and where the usage is — not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m galaxy_trio",
         description="Device-fleet registration and control over AIP (UFO Galaxy compatible), on trio.",
     )
@@ -513,16 +521,18 @@ async def _status(args: argparse.Namespace) -> int:
 # --- task --------------------------------------------------------------------------------------------------------
 
 
-def _task_hint(reason: str) -> str:
+def _task_hint(reason: str, device_id: str = "ID", request: str = "REQUEST") -> str:
     """What to do when ``task`` cannot bring its device up, read from the manager's failure reason.
 
     The reason already says what the protocol knows (the token, the /ws path, a server not running: see
-    ``aip/client_protocol.py``); this adds what is specific to the command line.
+    ``aip/client_protocol.py``); this adds what is specific to the command line. A duplicate client id means a
+    running ``run`` holds the device: the same task goes through that run's control plane, ready to copy.
     """
     if "already registered" in reason:
+        ctl = f"python -m galaxy_trio ctl task {shlex.quote(device_id)} {shlex.quote(request)} --control URL"
         return (
-            "; a running 'run' probably drives this device: send the task through its control plane with"
-            " 'python -m galaxy_trio ctl task ID REQUEST --control URL', or stop that run first"
+            f"; a running 'run' probably drives this device: send the task through its control plane, {ctl}"
+            " (URL: the one 'run --control HOST:PORT' printed), or stop that run first"
         )
     if "HTTP 401" in reason or "HTTP 403" in reason:
         return "; check ?token= in server_url or the token_env variable"
@@ -549,7 +559,8 @@ async def _task(args: argparse.Namespace) -> int:
         if profile.status.value != "idle":
             reason = profile.failure_reason or "not connected"
             print(
-                f"error: device {device.device_id} is {profile.status.value}: {reason}{_task_hint(reason)}",
+                f"error: device {device.device_id} is {profile.status.value}: {reason}"
+                f"{_task_hint(reason, device.device_id, args.request)}",
                 file=sys.stderr,
             )
             return EXIT_FAILED

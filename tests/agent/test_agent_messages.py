@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from galaxy_trio.agent import DeviceAgent, RetriesExhausted
+from galaxy_trio.aip.client_protocol import REFUSED_HINT, Outcome
 
 from ..net import free_port
 
@@ -31,6 +32,11 @@ async def test_a_refused_connection_says_refused_and_what_to_check(
         " of the server URL; reconnecting to "
     )
     assert f"connection refused by 127.0.0.1:{port}" in str(gave_up.value)
+    # The attempt ended in the protocol's frozen outcome value, retryable, with what to check.
+    last = gave_up.value.last
+    assert last == Outcome(f"connection refused by 127.0.0.1:{port}", permanent=False, hint=REFUSED_HINT)
+    with pytest.raises(AttributeError):
+        last.permanent = True  # type: ignore[misc]
     assert "all attempts to connect" not in caplog.text + str(gave_up.value)
     assert TOKEN not in caplog.text + str(gave_up.value)
 
@@ -40,5 +46,6 @@ async def test_a_refused_connection_to_localhost_names_the_host_given() -> None:
     port = free_port()
     agent = DeviceAgent(f"ws://localhost:{port}/ws", "dev", max_retries=0)
 
-    with pytest.raises(RetriesExhausted, match=rf"connection refused by localhost:{port}$"):
+    says = rf"last error: connection refused by localhost:{port}: is the AIP server running\?"
+    with pytest.raises(RetriesExhausted, match=says):
         await agent.run()

@@ -10,9 +10,9 @@ with fresh system info. Each attempt ends in the protocol's frozen
 :class:`~galaxy_trio.aip.client_protocol.Outcome` (reason, permanent or not, what to check), which ``run``
 logs, retries or stops on; the connection's state is one :class:`AgentState`. The agent is a trio driver of
 :class:`galaxy_trio.aip.client_protocol.ClientProtocol` (the registration verdict, the heartbeat schedule and
-liveness, the retryable/permanent classification it shares with the manager). Only what retrying cannot fix — a refused token (HTTP 401/403,
-:class:`AuthenticationRejected`), a 404 or a URL that cannot be dialled (:class:`ServerUnusable`) — or a spent
-``max_retries`` budget ends ``run``.
+liveness, the retryable/permanent classification it shares with the manager). Only what retrying cannot fix —
+a refused token (HTTP 401/403, :class:`AuthenticationRejected`), a 404 or a URL that cannot be dialled
+(:class:`ServerUnusable`) — or a spent ``max_retries`` budget ends ``run``.
 
 Decisions where UFO's device is silent or defective:
 - Every COMMAND gets exactly one COMMAND_RESULTS, whatever its tools do (UFO's sent nothing when one raised,

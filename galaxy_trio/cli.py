@@ -166,6 +166,7 @@ def _add_serve(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=_port, default=5005, help="port 1-65535 (default 5005; 0 picks a free one)")
     serve.add_argument(
         "--token",
+        type=_non_empty,
         help="client token (default: $GALAXY_TRIO_TOKEN, else a random one, printed once)",
     )
     serve.add_argument(
@@ -178,7 +179,7 @@ def _add_agent(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     agent.add_argument("--server", required=True, help="ws://HOST:PORT/ws?token=... of the AIP server")
     agent.add_argument("--device-id", required=True, type=_non_empty, help="the id to register under")
     agent.add_argument("--token-env", help="environment variable holding the token, if not in --server")
-    agent.add_argument("--platform", help="override the detected platform (windows, linux, darwin…)")
+    agent.add_argument("--platform", type=_non_empty, help="override the detected platform (windows, linux, darwin…)")
 
 
 def _add_ctl(sub: _Subparsers, common: argparse.ArgumentParser) -> None:

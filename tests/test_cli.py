@@ -392,6 +392,8 @@ def test_a_bad_redis_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], co
         (["agent", "--server", "ws://127.0.0.1:1/ws", "--device-id", ""], "argument --device-id: must not be empty"),
         (["agent", "--server", "ws://127.0.0.1:1/ws"], "the following arguments are required: --device-id"),
         (["task", "devices.yaml", "echo"], "the following arguments are required: --device"),
+        (["serve", "--token", ""], "argument --token: must not be empty"),
+        (["agent", "--server", "ws://127.0.0.1:1/ws", "--device-id", "d", "--platform", " "], "argument --platform"),
     ],
 )
 def test_a_bad_argument_is_one_line_naming_the_help(

@@ -356,7 +356,7 @@ class ClientProtocol:
         kind = frame.type
         if kind is ServerMessageType.ERROR:
             self.state = RegistrationState.REJECTED
-            text = frame.error or "(no error text)"
+            text = frame.error or "unspecified error"
             return Verdict(rejection_outcome(text), text)
         if kind is ServerMessageType.HEARTBEAT and frame.status is TaskStatus.OK:
             self.state = RegistrationState.REGISTERED

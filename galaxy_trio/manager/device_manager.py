@@ -41,7 +41,7 @@ from .events import EventHub, EventKind, EventSubscription
 from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
 from .register import RegistrationRejected, is_duplicate, register
 from .session import ClientSession
-from .state import DeviceState, PhaseName
+from .state import DeviceState, HeartbeatStats, PhaseName
 from .tasks import DeviceNotConnected, ErrorType, TaskBook, TaskLane, TaskResult
 from .telemetry import fetch_system_info, merge_system_info
 
@@ -214,6 +214,7 @@ class ConstellationDeviceManager:
         )
         self._devices: dict[str, _Device] = {}
         self._hub = EventHub(self.settings.event_buffer)
+        self.heartbeat_stats = HeartbeatStats()  # heartbeats sent, missed and their round trips, for metrics
         self._tasks = TaskBook(
             task_name=self.task_name,
             task_queue_size=self.settings.task_queue_size,
@@ -631,6 +632,7 @@ class ConstellationDeviceManager:
                             interval=settings.heartbeat_interval,
                             reply_window=settings.heartbeat_timeout,
                             on_missed=on_missed,
+                            stats=self.heartbeat_stats,
                         )
                     except RegistrationRejected as exc:
                         outcome = (exc.reason, not exc.retryable)

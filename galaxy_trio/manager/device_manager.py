@@ -1,27 +1,34 @@
 """ConstellationDeviceManager: turns configured devices into connected, profiled, task-ready agents.
 
 Each device gets one long-lived runner task in the manager's nursery. The runner loops over connection attempts;
-each attempt opens its own nursery (holding the link's one reader) and walks the phases in the runner itself:
+an attempt opens its own nursery (holding the link's one reader) and walks the phases of :mod:`.phases` in the
+runner itself, each phase in the module of its name::
 
-    connect (phase 2) → register (phase 3) → telemetry (phase 4) → activate (phase 5, IDLE; the runner then
-    sends the heartbeats until the link ends)
+    connect.py (phase 2) → register.py (3) → telemetry.py (4) → activate.py (5: IDLE; the runner then sends the
+    heartbeats until the link ends)
 
-Every phase is bounded by a cancel scope (``connect_timeout``, ``register_timeout``, ``telemetry_timeout``), so a
-stalled handshake or a server that never confirms REGISTER costs exactly its timeout. Failures that retrying can
-fix are retried with exponential backoff and full jitter up to ``max_retries`` consecutive attempts; the rest
-(HTTP 401/403, a duplicate client_id — unless our own lost link may still hold it —, any other rejection) fail the
-device at once with the reason.
+Each phase runs under a cancel scope of its bound (``connect_timeout``, ``register_timeout``,
+``telemetry_timeout``; :func:`.phases.phase_timeouts`), so a stalled handshake or a server that never confirms
+REGISTER costs exactly its timeout, and the attempt ends in a frozen :class:`~galaxy_trio.aip.client_protocol.
+Outcome` (why, and whether retrying can help) decided by the one client protocol the agent shares. Retryable
+outcomes are retried with exponential backoff and full jitter up to ``max_retries`` consecutive attempts; the rest
+(HTTP 401/403/404, a duplicate client_id — unless our own lost link may still hold it —, any other rejection) fail
+the device at once with the reason. A FAILED device stays FAILED until :meth:`ConstellationDeviceManager.
+connect_device`, unless ``failed_retry_interval`` is set (``run`` sets it): then one attempt re-probes it that
+often, and a device that comes back is IDLE again.
+
+Task queueing lives in ``tasks.py`` (a lane per device, talking to the device through a small Protocol), the
+per-link AIP conversation in ``session.py``.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-import math
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -31,17 +38,19 @@ import trio
 
 from .._nursery import open_service_nursery
 from ..aip import ServerMessage, builders
+from ..aip.client_protocol import Outcome, rejection_outcome
 from ..backoff import Backoff
 from ..config import ConfigError, ConfigProblem, DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
 from ..transport import CLOSE_GRACE
 from .activate import keep_alive
-from .connect import client_ssl_context, is_permanent, open_link
+from .connect import classify, client_ssl_context, open_link
 from .events import EventHub, EventKind, EventSubscription
+from .phases import Phase, phase_timeouts, timed_out
 from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
 from .register import RegistrationRejected, is_duplicate, register
 from .session import ClientSession
-from .state import DeviceState, HeartbeatStats, PhaseName
+from .state import DeviceState, HeartbeatStats
 from .tasks import DeviceNotConnected, ErrorType, TaskBook, TaskLane, TaskResult
 from .telemetry import fetch_system_info, merge_system_info
 
@@ -96,12 +105,14 @@ class _Device:
         "lost_at",
         "phase",
         "phase_since",
+        "probing",
         "profile",
         "runner",
         "session",
         "ssl_context",
         "stop_reason",
         "stopping",
+        "wake",
         "went_idle",
     )
 
@@ -131,15 +142,38 @@ class _Device:
         self.lost_at: float | None = None
         #: For DeviceState (wall clock): the attempt's phase and since when, attempts in the current streak, the
         #: last frame that proved the link alive, and since when the device is IDLE.
-        self.phase: PhaseName | None = None
+        self.phase: Phase | None = None
         self.phase_since = time.time()
         self.attempt = 0
         self.last_heartbeat_at: float | None = None
         self.idle_since: float | None = None
+        #: Re-probing a FAILED device (``failed_retry_interval``): one attempt per probe until it is IDLE again.
+        self.probing = False
+        self.wake: trio.Event | None = None
 
-    def enter_phase(self, phase: PhaseName | None) -> None:
+    def enter_phase(self, phase: Phase | None) -> None:
         self.phase = phase
         self.phase_since = time.time()
+
+    async def wait_for_reprobe(self, interval: float) -> None:
+        """Sleep ``interval`` seconds before the next re-probe of this FAILED device, or until
+        :meth:`reconnect_now` (then the next streak has the full retry budget)."""
+        wake = self.wake = trio.Event()
+        self.probing = True
+        try:
+            with trio.move_on_after(interval):
+                await wake.wait()
+        finally:
+            self.wake = None
+        if wake.is_set():
+            self.probing = False
+
+    def reconnect_now(self) -> bool:
+        """Cut short a re-probe wait (``connect_device`` on a FAILED device); ``False`` if none is under way."""
+        if self.wake is None:
+            return False
+        self.wake.set()
+        return True
 
     def state(self) -> DeviceState:
         profile = self.profile
@@ -212,6 +246,7 @@ class ConstellationDeviceManager:
         self._backoff = Backoff(
             self.settings.reconnect_delay, max(self.settings.backoff_cap, self.settings.reconnect_delay)
         )
+        self._timeouts = phase_timeouts(self.settings)
         self._devices: dict[str, _Device] = {}
         self._hub = EventHub(self.settings.event_buffer)
         self.heartbeat_stats = HeartbeatStats()  # heartbeats sent, missed and their round trips, for metrics
@@ -347,6 +382,13 @@ class ConstellationDeviceManager:
             device.profile.connection_attempts = 0
             device.attempt = 0
             self._start(device)
+        else:
+            device.probing = False  # a re-probe under way becomes a streak with the full retry budget
+            if device.profile.status is DeviceStatus.FAILED and device.reconnect_now():
+                device.profile.connection_attempts = device.attempt = 0
+                # CONNECTING at once, so that the wait below does not see the old verdict.
+                self._set_status(device, DeviceStatus.CONNECTING)
+                device.lane.device_started()
         profile = await self.wait_for_device(device_id)
         return profile.status is DeviceStatus.IDLE
 
@@ -442,7 +484,7 @@ class ConstellationDeviceManager:
         :class:`~galaxy_trio.manager.TaskRefused` (unknown device: :class:`UnknownDevice`).
         """
         device = self._get(device_id)
-        if device.runner is None:
+        if device.runner is None or device.profile.status is DeviceStatus.FAILED:
             profile = device.profile
             registered = ", ".join(sorted(self._devices))
             raise DeviceNotConnected(
@@ -482,7 +524,12 @@ class ConstellationDeviceManager:
         else:
             device.runner.cancel()
 
-    def _set_status(self, device: _Device, new: DeviceStatus, reason: str | None = None) -> None:
+    def _set_status(
+        self, device: _Device, new: DeviceStatus, reason: str | None = None, *, quiet: bool = False
+    ) -> None:
+        """Change a device's status (checked against the allowed transitions), log it and announce it.
+
+        ``quiet`` logs a FAILED at INFO instead of WARNING: a re-probe that fails again is not news."""
         profile = device.profile
         old = profile.status
         if old is new:
@@ -494,7 +541,7 @@ class ConstellationDeviceManager:
             profile.failure_reason = reason
         elif new is DeviceStatus.IDLE:
             profile.failure_reason = None
-        log = logger.warning if new is DeviceStatus.FAILED else logger.info
+        log = logger.warning if new is DeviceStatus.FAILED and not quiet else logger.info
         log("device %s: %s -> %s%s", profile.device_id, old.value, new.value, f" ({reason})" if reason else "")
         self._hub.emit(EventKind.STATUS, profile.device_id, old_status=old, new_status=new, reason=reason)
         _notify(device)
@@ -509,148 +556,160 @@ class ConstellationDeviceManager:
                 profile.failure_reason or device.stop_reason or f"device is {profile.status.value}"
             )
 
-    def _emit(self, kind: EventKind, device_id: str, **fields: Any) -> None:
-        self._hub.emit(kind, device_id, **fields)
-
-    def _enter_phase(self, device: _Device, phase: PhaseName) -> None:
+    def _enter_phase(self, device: _Device, phase: Phase) -> trio.CancelScope:
+        """Enter ``phase`` of the device's attempt; returns the cancel scope bounding it (use it as ``with``)."""
         device.enter_phase(phase)
-        self._hub.emit(EventKind.PHASE, device.profile.device_id, reason=phase)
+        self._hub.emit(EventKind.PHASE, device.profile.device_id, reason=phase.value)
+        return trio.move_on_after(self._timeouts[phase])
 
     async def _run_device(self, device: _Device, runner: trio.CancelScope) -> None:
-        """One device's life: attempts, backoff and the final verdict. Never raises (but Cancelled)."""
+        """One device's life: streaks of attempts, the verdict, and re-probes of a FAILED device when
+        ``failed_retry_interval`` is set. Never raises (but Cancelled)."""
         profile = device.profile
         try:
             with runner:
-                while True:
-                    self._set_status(device, DeviceStatus.CONNECTING)
-                    profile.connection_attempts += 1
-                    device.attempt = profile.connection_attempts
-                    device.went_idle = False
-                    reason, permanent = await self._attempt(device)
-                    if device.stopping:
+                while (verdict := await self._connect_until_verdict(device)) is not None:
+                    self._set_status(device, DeviceStatus.FAILED, verdict.describe(), quiet=device.probing)
+                    interval = self.settings.failed_retry_interval
+                    if not interval:  # the library's default: FAILED stays until connect_device()
                         return
-                    now = trio.current_time()
-                    if device.went_idle:
-                        device.lost_at = now
-                    elif permanent and is_duplicate(reason) and device.lost_at is not None:
-                        # Our own previous link may still hold the client id on the server, which has not yet
-                        # noticed that link is dead (a partition, a black hole): retry, without counting the
-                        # attempt, for as long as a server's keepalive needs to drop such a link.
-                        if now - device.lost_at < _STALE_HOLDER_GRACE:
-                            permanent = False
-                            profile.connection_attempts -= 1
-                            device.attempt = profile.connection_attempts
-                    if permanent:
-                        self._set_status(device, DeviceStatus.FAILED, reason)
-                        return
-                    if profile.connection_attempts >= profile.max_retries:
-                        self._set_status(
-                            device,
-                            DeviceStatus.FAILED,
-                            f"gave up after {profile.connection_attempts} consecutive failed attempts; last: {reason}",
-                        )
-                        return
-                    self._set_status(device, DeviceStatus.DISCONNECTED, reason)
-                    await trio.sleep(self._backoff.delay(max(profile.connection_attempts, 1)))
+                    device.lane.device_stopped(verdict.describe())  # tasks waiting for it fail now
+                    await device.wait_for_reprobe(interval)
+                    profile.connection_attempts = device.attempt = 0
+                    device.lane.device_started()
         finally:
             device.runner = None
             device.session = None
+            device.probing = False
             if device.stopping and profile.status is not DeviceStatus.DISCONNECTED and not self._closed:
                 self._set_status(device, DeviceStatus.DISCONNECTED, "disconnected by request")
             _notify(device)
 
-    async def _attempt(self, device: _Device) -> tuple[str, bool]:
-        """One connection attempt through phases 2–5, until the link ends. Returns (why it ended, permanent?)."""
-        holder: list[ClientSession] = []
+    async def _connect_until_verdict(self, device: _Device) -> Outcome | None:
+        """Attempts with backoff until one ends for good: that final outcome, or ``None`` once asked to stop.
+
+        A streak may spend ``max_retries`` consecutive failed attempts; a re-probe of a FAILED device only one
+        (until it reaches IDLE again)."""
+        profile = device.profile
+        while True:
+            self._set_status(device, DeviceStatus.CONNECTING)
+            profile.connection_attempts += 1
+            device.attempt = profile.connection_attempts
+            device.went_idle = False
+            outcome = self._forgive_own_stale_link(device, await self._attempt(device))
+            if device.stopping:
+                return None
+            if outcome.permanent:
+                return outcome
+            if device.probing:
+                interval = self.settings.failed_retry_interval
+                return Outcome(f"still failing when re-probed (every {interval:g}s): {outcome.describe()}", True)
+            if profile.connection_attempts >= profile.max_retries:
+                streak = profile.connection_attempts
+                return Outcome(f"gave up after {streak} consecutive failed attempts; last: {outcome.describe()}", True)
+            self._set_status(device, DeviceStatus.DISCONNECTED, outcome.describe())
+            await trio.sleep(self._backoff.delay(max(profile.connection_attempts, 1)))
+
+    def _forgive_own_stale_link(self, device: _Device, outcome: Outcome) -> Outcome:
+        """A duplicate-id refusal soon after losing an IDLE link is most likely our own previous link, which the
+        server has not yet noticed is dead (a partition, a black hole): retryable, and the attempt not counted,
+        for as long as a server's keepalive needs to drop such a link."""
+        now = trio.current_time()
+        if device.went_idle:
+            device.lost_at = now
+            device.probing = False  # it came back: from now on a full streak, as for any lost link
+            return outcome
+        if outcome.permanent and is_duplicate(outcome.reason) and device.lost_at is not None:
+            if now - device.lost_at < _STALE_HOLDER_GRACE:
+                device.profile.connection_attempts -= 1
+                device.attempt = device.profile.connection_attempts
+                return msgspec.structs.replace(outcome, permanent=False)
+        return outcome
+
+    async def _attempt(self, device: _Device) -> Outcome:
+        """One connection attempt through phases 2–5, until the link ends, and why it ended."""
+        session: ClientSession | None = None
+        outcome: Outcome | None = None
         try:
-            return await self._connect_and_serve(device, holder)
+            async with AsyncExitStack() as stack:
+                # Phase 2: the WebSocket. The phase's scope bounds the opening only, not the link's life.
+                with self._enter_phase(device, Phase.CONNECT) as connecting:
+                    link = await stack.enter_async_context(
+                        open_link(device.connect_url, ssl_context=device.ssl_context)
+                    )
+                if connecting.cancelled_caught:
+                    return timed_out(Phase.CONNECT, self._timeouts)
+                self._set_status(device, DeviceStatus.CONNECTED)
+                conn = await stack.enter_async_context(trio.open_nursery())
+                device_id = device.profile.device_id
+                session = device.session = ClientSession(
+                    link, conn.cancel_scope, device_id, client_id=self.client_id(device_id)
+                )
+                await conn.start(session.read_loop)
+                outcome = await self._register_and_serve(device, session)
+        except LinkError as exc:
+            # A failure while the link closes never replaces a verdict already reached on it (a rejection, a
+            # timeout, why the link ended): a duplicate-id rejection must not turn into a retryable "closed".
+            if outcome is None and (session is None or session.end_reason is None):
+                outcome = classify(exc)
         finally:
             device.session = None
             device.enter_phase(None)
-            if holder:
-                device.lane.detach(holder[0])
-
-    async def _connect_and_serve(self, device: _Device, holder: list[ClientSession]) -> tuple[str, bool]:
-        settings = self.settings
-        profile = device.profile
-        stage: PhaseName = "connect"
-        self._enter_phase(device, stage)
-        stage_timeout = settings.connect_timeout
-        session: ClientSession | None = None
-        outcome: tuple[str, bool] | None = None
-        with trio.CancelScope(deadline=trio.current_time() + stage_timeout) as deadline:
-            try:
-                async with (
-                    open_link(device.connect_url, ssl_context=device.ssl_context) as link,
-                    trio.open_nursery() as conn,
-                ):
-                    # Phase 2 done: the WebSocket is open.
-                    self._set_status(device, DeviceStatus.CONNECTED)
-                    session = ClientSession(
-                        link, conn.cancel_scope, profile.device_id, client_id=self.client_id(profile.device_id)
-                    )
-                    holder.append(session)
-                    device.session = session
-                    await conn.start(session.read_loop)
-                    # A deadline that expired while the link opened has already cancelled the scope, and moving it
-                    # cannot undo that: let it fire here, as the connect timeout it is, not at the next checkpoint
-                    # in phase 3 (where it was reported as "register timed out").
-                    await trio.lowlevel.checkpoint_if_cancelled()
-                    deadline.deadline = math.inf  # phase 2 is over; later phases have their own scopes
-                    try:
-                        # Phase 3: REGISTER → confirmation.
-                        stage, stage_timeout = "register", settings.register_timeout
-                        self._set_status(device, DeviceStatus.REGISTERING)
-                        self._enter_phase(device, stage)
-                        with trio.move_on_after(stage_timeout) as register_scope:
-                            await register(session, self.task_name, profile.device_id)
-                        if register_scope.cancelled_caught:
-                            outcome = (f"register timed out after {stage_timeout:g}s", False)
-                            session.end(outcome[0])
-                            return outcome
-                        # Phase 4: telemetry; it degrades gracefully.
-                        stage = "telemetry"
-                        self._enter_phase(device, stage)
-                        client_id = builders.constellation_client_id(self.task_name, profile.device_id)
-                        system_info = None
-                        with trio.move_on_after(settings.telemetry_timeout) as telemetry_scope:
-                            system_info = await fetch_system_info(session, profile.device_id)
-                        if system_info is not None:
-                            merge_system_info(profile, system_info)
-                            self._emit(EventKind.TELEMETRY, profile.device_id)
-                        elif not session.ended:
-                            why = "timed out" if telemetry_scope.cancelled_caught else "no system info available"
-                            logger.info("device %s: telemetry skipped (%s)", profile.device_id, why)
-                        # Phase 5: activation; the link then lives until it ends.
-                        stage = "active"
-                        self._enter_phase(device, stage)
-                        on_missed = self._activate(device, session)
-                        # The runner itself keeps the link alive: one task fewer per device than a heartbeat task.
-                        await keep_alive(
-                            session,
-                            client_id,
-                            interval=settings.heartbeat_interval,
-                            reply_window=settings.heartbeat_timeout,
-                            on_missed=on_missed,
-                            stats=self.heartbeat_stats,
-                        )
-                    except RegistrationRejected as exc:
-                        outcome = (exc.reason, not exc.retryable)
-                        session.end(str(exc))
-                    except LinkError as exc:
-                        session.end(str(exc))
-            except LinkError as exc:
-                # A failure while the link closes never replaces a verdict already reached on it (a rejection, a
-                # timeout, why the link ended): a duplicate-id rejection must not turn into a retryable "closed".
-                if outcome is None and (session is None or session.end_reason is None):
-                    outcome = (str(exc), is_permanent(exc))
+            if session is not None:
+                device.lane.detach(session)
         if outcome is not None:
             return outcome
-        if deadline.cancelled_caught:
-            return (f"{stage} timed out after {stage_timeout:g}s", False)
-        if session is not None and session.end_reason is not None:
-            return (session.end_reason, False)
-        return ("link closed", False)
+        return Outcome(session.end_reason if session is not None and session.end_reason else "link closed")
+
+    async def _register_and_serve(self, device: _Device, session: ClientSession) -> Outcome | None:
+        """Phases 3–5 on an open link. Returns why the attempt ended, or ``None`` when the link's end says why
+        (``session.end_reason``): a session that ends cancels this call with the connection's nursery."""
+        try:
+            # Phase 3: REGISTER → the server's verdict.
+            self._set_status(device, DeviceStatus.REGISTERING)
+            with self._enter_phase(device, Phase.REGISTER) as registering:
+                await register(session, self.task_name, device.profile.device_id)
+            if registering.cancelled_caught:
+                outcome = timed_out(Phase.REGISTER, self._timeouts)
+                session.end(outcome.reason)
+                return outcome
+            await self._fetch_telemetry(device, session)
+            await self._stay_active(device, session)
+        except RegistrationRejected as exc:
+            session.end(str(exc))
+            return rejection_outcome(exc.reason)
+        except LinkError as exc:
+            session.end(str(exc))
+        return None
+
+    async def _fetch_telemetry(self, device: _Device, session: ClientSession) -> None:
+        """Phase 4: the device's system info, merged into its profile. It degrades gracefully: a device that
+        cannot say (or is slow to) still goes IDLE with its configured profile."""
+        profile = device.profile
+        system_info = None
+        with self._enter_phase(device, Phase.TELEMETRY) as fetching:
+            system_info = await fetch_system_info(session, profile.device_id)
+        if system_info is not None:
+            merge_system_info(profile, system_info)
+            self._hub.emit(EventKind.TELEMETRY, profile.device_id)
+        elif not session.ended:
+            why = "timed out" if fetching.cancelled_caught else "no system info available"
+            logger.info("device %s: telemetry skipped (%s)", profile.device_id, why)
+
+    async def _stay_active(self, device: _Device, session: ClientSession) -> None:
+        """Phase 5: IDLE, ready for tasks; the runner itself then keeps the link alive until it ends (one task
+        fewer per device than a heartbeat task)."""
+        self._enter_phase(device, Phase.ACTIVE)  # unbounded: the phase lasts as long as the link
+        on_missed = self._activate(device, session)
+        settings = self.settings
+        await keep_alive(
+            session,
+            builders.constellation_client_id(self.task_name, device.profile.device_id),
+            interval=settings.heartbeat_interval,
+            reply_window=settings.heartbeat_timeout,
+            on_missed=on_missed,
+            stats=self.heartbeat_stats,
+        )
 
     def _activate(self, device: _Device, session: ClientSession) -> Callable[[], None]:
         """Phase 5: IDLE, ready for tasks. Returns what to do when a heartbeat goes unanswered."""
@@ -670,7 +729,7 @@ class ConstellationDeviceManager:
         def on_missed() -> None:
             window = self.settings.heartbeat_timeout
             logger.warning("device %s: heartbeat missed (no frame within %gs)", device_id, window)
-            self._emit(EventKind.HEARTBEAT_MISSED, device_id, reason="no reply to heartbeat")
+            self._hub.emit(EventKind.HEARTBEAT_MISSED, device_id, reason="no reply to heartbeat")
 
         session.on_heartbeat = on_heartbeat
         self._set_status(device, DeviceStatus.IDLE)

@@ -11,17 +11,14 @@ subscribing to events; being frozen, a snapshot can be handed to another thread 
 from __future__ import annotations
 
 import bisect
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
+from .phases import Phase
 from .profile import DeviceStatus
 
-__all__ = ["HEARTBEAT_RTT_BUCKETS", "PHASES", "DeviceState", "HeartbeatStats", "PhaseName"]
-
-#: The phases of one connection attempt, in order (phase 1, the config entry, happens before any attempt).
-PhaseName = Literal["connect", "register", "telemetry", "active"]
-PHASES: Final[tuple[PhaseName, ...]] = ("connect", "register", "telemetry", "active")
+__all__ = ["HEARTBEAT_RTT_BUCKETS", "DeviceState", "HeartbeatStats"]
 
 
 class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +36,7 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
 
     device_id: str
     status: DeviceStatus
-    phase: PhaseName | None
+    phase: Phase | None
     attempt: int
     phase_since: float
     last_heartbeat_at: float | None

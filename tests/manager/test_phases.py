@@ -128,7 +128,7 @@ async def test_bad_token_fails_at_once_with_403_and_no_retry(
     assert not await manager.register_device("dev", url, max_retries=5)
     profile = manager.get_device_info("dev")
     assert profile is not None and profile.status is DeviceStatus.FAILED
-    assert profile.failure_reason == "handshake rejected with HTTP 403"
+    assert profile.failure_reason == "handshake rejected with HTTP 403: the token is wrong or missing"
     assert peer.handshakes == 1
     assert "wrong-token" not in repr(profile) and "wrong-token" not in profile.server_url
 

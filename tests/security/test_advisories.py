@@ -134,7 +134,10 @@ async def test_manager_with_no_or_a_wrong_token_fails_at_once_and_never_retries(
             await trio.sleep(600.0)  # long after every backoff would have fired
             profile = manager.get_device_info("dev")
     assert profile is not None and profile.status is DeviceStatus.FAILED
-    assert profile.failure_reason == "handshake rejected with HTTP 403" and profile.connection_attempts == 1
+    assert (
+        profile.failure_reason == "handshake rejected with HTTP 403: the token is wrong or missing"
+        and profile.connection_attempts == 1
+    )
     assert sum("HTTP 403" in r.getMessage() for r in records) == 1
     assert WRONG_SECRET not in repr(profile) and server.online_clients() == {}
 
@@ -570,7 +573,7 @@ async def test_run_once_json_against_a_server_shows_no_token(nursery: trio.Nurse
     assert done.returncode == 1, stderr  # two devices failed
     profiles = {p["device_id"]: p for p in json.loads(stdout)}
     assert profiles["inline"]["status"] == profiles["from_env"]["status"] == "idle"
-    assert profiles["wrong"]["failure_reason"] == "handshake rejected with HTTP 403"
+    assert profiles["wrong"]["failure_reason"] == "handshake rejected with HTTP 403: the token is wrong or missing"
     assert profiles["refused"]["failure_reason"].startswith("gave up after 1 consecutive failed attempts")
     assert all(p["server_url"].endswith("/ws?token=***") for p in profiles.values() if p["device_id"] != "from_env")
     _assert_no_token_in_output(stdout, stderr)

@@ -12,6 +12,8 @@ manager's loop may reach a reply late, and that is not a dead link.
 With ``stats`` (the manager's :class:`~galaxy_trio.manager.state.HeartbeatStats`) it counts the beats sent and
 missed and times each round trip: AIP's heartbeat ack carries no correlation id, but a server answers a link's
 frames in order, so the n-th ack (a heartbeat with no ``session_id``; task acks carry one) answers the n-th beat.
+A beat still unanswered ``reply_window`` after it went out while the link lives was answered some other way (an
+ERROR) and is no longer waited for, so one refused beat cannot shift every later round trip.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ async def keep_alive(
             session.end(f"no frame within {reply_window:g}s of a heartbeat; link presumed dead")
             return
         if now >= beats.heartbeat_due_at:
+            while unanswered and unanswered[0] < now - reply_window:
+                unanswered.popleft()  # a beat the server answered otherwise (an ERROR): its ack will not come
             unanswered.append(now)  # before sending: the reader may see the ack before send returns
             try:
                 await session.send(protocol.heartbeat(now, frame))

@@ -17,6 +17,7 @@ from galaxy_trio.control import serve_control
 from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
 from galaxy_trio.manager.state import HEARTBEAT_RTT_BUCKETS, HeartbeatStats
 
+from .. import frames
 from ..manager.peer import Conn, ScriptedPeer
 
 TOKEN = "heartbeat-metrics-token-0123456789"
@@ -38,6 +39,26 @@ class SlowAcks(ScriptedPeer):
             await trio.sleep(delay)
             if self.answer_heartbeats:  # the ack goes out (the base class reads the same flag, with no await between)
                 self.acked.append(delay)
+        return await super()._answer(conn, message)
+
+
+class RefusesSome(SlowAcks):
+    """Answers every third heartbeat with UFO's ERROR for it instead of an ack (``refused`` counts them)."""
+
+    REFUSAL = frames.raw("heartbeat", 4)  # "client_type does not match the registered connection"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beats = 0
+        self.refused = 0
+
+    async def _answer(self, conn: Conn, message: ClientMessage) -> bool:
+        if message.type is ClientMessageType.HEARTBEAT:
+            self.beats += 1
+            if self.beats % 3 == 0:
+                self.refused += 1
+                await conn.send(self.REFUSAL)
+                return True
         return await super()._answer(conn, message)
 
 
@@ -118,3 +139,23 @@ def test_round_trips_fall_in_the_bucket_of_their_upper_bound() -> None:
     assert stats.rtt_buckets[len(HEARTBEAT_RTT_BUCKETS) - 1] == 1  # exactly 10 s
     assert stats.rtt_buckets[-1] == 1  # above every bound: +Inf only
     assert stats.rtt_count == 5 and stats.rtt_sum == pytest.approx(21.0021)
+
+
+async def test_a_beat_the_server_refuses_does_not_shift_later_round_trips(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    peer = RefusesSome()
+    await nursery.start(peer.serve)
+    async with ConstellationDeviceManager(task_name="hb", heartbeat_interval=10.0, heartbeat_timeout=5.0) as manager:
+        endpoint = await nursery.start(partial(serve_control, manager, port=0, token=TOKEN))
+        assert await manager.register_device("dev", peer.url)
+        await peer.wait_for(lambda: len(peer.acked) >= 8)
+        acked = list(peer.acked)
+        samples = await _scrape(endpoint.url, autojump_clock)
+        assert peer.refused >= 3
+        assert samples[("galaxy_trio_heartbeats_missed_total", ())] == 0  # an ERROR is a frame: the link lives
+        assert samples[("galaxy_trio_heartbeat_rtt_seconds_count", ())] == len(acked)
+        # Each ack timed against its own beat, not against a refused one before it (that would add 10 s each).
+        assert samples[("galaxy_trio_heartbeat_rtt_seconds_sum", ())] == pytest.approx(sum(acked))
+        for le, count in _expected_buckets(acked).items():
+            assert samples[("galaxy_trio_heartbeat_rtt_seconds_bucket", (("le", le),))] == count, le

@@ -13,19 +13,21 @@ import importlib.util
 import logging
 import os
 import secrets
+import shlex
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import msgspec
 import trio
 
 from ._nursery import open_service_nursery
+from .aip.client_protocol import REFUSED_HINT
 from .config import ConfigError, DeviceConfig, GalaxyConfig, load_config
 from .errors import GalaxyTrioError
 from .redact import redact_url, url_token
@@ -84,8 +86,15 @@ def _version() -> str:
     return f"galaxy_trio {__version__} (Python {sys.version.split()[0]}, trio {trio.__version__})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line — what was wrong, and where the usage is — not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m galaxy_trio",
         description="Device-fleet registration and control over AIP (UFO Galaxy compatible), on trio.",
     )
@@ -157,6 +166,7 @@ def _add_serve(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=_port, default=5005, help="port 1-65535 (default 5005; 0 picks a free one)")
     serve.add_argument(
         "--token",
+        type=_non_empty,
         help="client token (default: $GALAXY_TRIO_TOKEN, else a random one, printed once)",
     )
     serve.add_argument(
@@ -178,7 +188,7 @@ def _add_agent(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     agent.add_argument("--server", required=True, help="ws://HOST:PORT/ws?token=... of the AIP server")
     agent.add_argument("--device-id", required=True, type=_non_empty, help="the id to register under")
     agent.add_argument("--token-env", help="environment variable holding the token, if not in --server")
-    agent.add_argument("--platform", help="override the detected platform (windows, linux, darwin…)")
+    agent.add_argument("--platform", type=_non_empty, help="override the detected platform (windows, linux, darwin…)")
 
 
 def _add_ctl(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
@@ -549,22 +559,26 @@ async def _status(args: argparse.Namespace) -> int:
 # --- task --------------------------------------------------------------------------------------------------------
 
 
-def _task_hint(reason: str) -> str:
-    """What to do when ``task`` cannot bring its device up, read from the manager's failure reason."""
+def _task_hint(reason: str, device_id: str = "ID", request: str = "REQUEST") -> str:
+    """What to do when ``task`` cannot bring its device up, read from the manager's failure reason.
+
+    The reason already says what the protocol knows (the token, the /ws path, a server not running: see
+    ``aip/client_protocol.py``); this adds what is specific to the command line. A duplicate client id means a
+    running ``run`` holds the device: the same task goes through that run's control plane, ready to copy.
+    """
     if "already registered" in reason:
+        ctl = f"python -m galaxy_trio ctl task {shlex.quote(device_id)} {shlex.quote(request)} --control URL"
         return (
-            "; a running 'run' probably drives this device: send the task through its control plane with"
-            " 'python -m galaxy_trio ctl task ID REQUEST --control URL', or stop that run first"
+            f"; a running 'run' probably drives this device: send the task through its control plane, {ctl}"
+            " (URL: the one 'run --control HOST:PORT' printed), or stop that run first"
         )
     if "HTTP 401" in reason or "HTTP 403" in reason:
-        return "; the token is wrong or missing: check ?token= in server_url or the token_env variable"
-    if "HTTP 404" in reason:
+        return "; check ?token= in server_url or the token_env variable"
+    if "HTTP 404" in reason and "/ws" not in reason:
         return "; nothing serves AIP at that path: galaxy_trio and UFO servers listen on /ws"
     if "refused" in reason or "all attempts to connect" in reason:
-        return (
-            "; connection refused: is the device's AIP server running? check the host and port of its server_url"
-            " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
-        )
+        check = "" if REFUSED_HINT in reason else f"; connection refused: {REFUSED_HINT}"
+        return f"{check}; 'python -m galaxy_trio serve' starts a server, --local starts one in this process"
     return ""
 
 
@@ -583,7 +597,8 @@ async def _task(args: argparse.Namespace) -> int:
         if profile.status.value != "idle":
             reason = profile.failure_reason or "not connected"
             print(
-                f"error: device {device.device_id} is {profile.status.value}: {reason}{_task_hint(reason)}",
+                f"error: device {device.device_id} is {profile.status.value}: {reason}"
+                f"{_task_hint(reason, device.device_id, args.request)}",
                 file=sys.stderr,
             )
             return EXIT_FAILED

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -246,16 +248,24 @@ def test_verbose_before_or_after_the_command(capsys: pytest.CaptureFixture[str],
 
 
 async def test_task_on_a_device_that_a_running_manager_drives_says_what_to_do(tmp_path: Path) -> None:
+    """The duplicate client id is explained with the ``ctl task`` command to run instead, and that command works
+    against the running manager's control plane."""
     from galaxy_trio.config import DeviceConfig
     from galaxy_trio.manager import ConstellationDeviceManager
     from galaxy_trio.server import serve_aip
 
+    control = importlib.util.find_spec("httpx") is not None
+    request = '{"tool_name": "echo", "parameters": {"text": "hi there"}}'
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve_aip, host="127.0.0.1", port=0, token="t"))
         url = f"ws://127.0.0.1:{server.port}/ws?token=t"
         agent = DeviceAgent(url, "box")
         nursery.start_soon(agent.run)
         async with ConstellationDeviceManager() as manager:  # the "running run" holding galaxy_trio@box
+            if control:
+                from galaxy_trio.control import serve_control
+
+                endpoint = await nursery.start(partial(serve_control, manager, port=0, token="ctl-token"))
             manager.add_devices([DeviceConfig(device_id="box", server_url=url)])
             with trio.fail_after(30):
                 assert (await manager.wait_for_device("box")).status.value == "idle"
@@ -263,17 +273,32 @@ async def test_task_on_a_device_that_a_running_manager_drives_says_what_to_do(tm
             config.write_text(f"devices:\n  - device_id: box\n    server_url: '{url}'\n    max_retries: 1\n")
             with trio.fail_after(60):
                 done = await trio.run_process(
-                    [sys.executable, "-m", "galaxy_trio", "task", str(config), "--device", "box", "echo"],
+                    [sys.executable, "-m", "galaxy_trio", "task", str(config), "--device", "box", request],
                     capture_stdout=True,
                     capture_stderr=True,
                     check=False,
                     cwd=REPO,
                 )
+            err = done.stderr.decode()
+            assert done.returncode == 1, err
+            (error,) = [line for line in err.splitlines() if line.startswith("error:")]
+            assert "already registered" in error and "Traceback" not in err
+            suggested = f"python -m galaxy_trio ctl task box '{request}' --control URL"
+            assert suggested in error and "'run --control HOST:PORT' printed" in error
+            if control:
+                argv = shlex.split(suggested.replace("URL", endpoint.url))
+                with trio.fail_after(60):
+                    via_ctl = await trio.run_process(
+                        [sys.executable, *argv[1:]],
+                        capture_stdout=True,
+                        capture_stderr=True,
+                        check=False,
+                        cwd=REPO,
+                        env={**os.environ, "GALAXY_TRIO_CONTROL_TOKEN": "ctl-token"},
+                    )
+                assert via_ctl.returncode == 0, via_ctl.stderr.decode()
+                assert "hi there" in via_ctl.stdout.decode()
         nursery.cancel_scope.cancel()
-    err = done.stderr.decode()
-    assert done.returncode == 1, err
-    assert "already registered" in err
-    assert "python -m galaxy_trio ctl task ID REQUEST --control URL" in err and "Traceback" not in err
 
 
 def test_task_against_a_server_that_is_not_running_says_refused_and_what_to_check(tmp_path: Path) -> None:
@@ -286,9 +311,10 @@ def test_task_against_a_server_that_is_not_running_says_refused_and_what_to_chec
     assert done.returncode == 1
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith("error: device d is failed: ")
+    assert "connection refused by 127.0.0.1:" in error and "all attempts to connect" not in error
     assert error.endswith(
-        "; connection refused: is the device's AIP server running? check the host and port of its server_url"
-        " ('python -m galaxy_trio serve' starts one; --local starts one in this process)"
+        ": is the AIP server running? check the host and port of the server URL"
+        "; 'python -m galaxy_trio serve' starts a server, --local starts one in this process"
     )
     assert "Traceback" not in done.stderr
 
@@ -313,7 +339,7 @@ async def test_task_with_a_wrong_token_says_token_wrong_or_missing(tmp_path: Pat
         nursery.cancel_scope.cancel()
     err = done.stderr.decode()
     assert done.returncode == 1, err
-    assert "HTTP 403; the token is wrong or missing: check ?token= in server_url or the token_env variable" in err
+    assert "HTTP 403: the token is wrong or missing; check ?token= in server_url or the token_env variable" in err
     assert "wrong" not in err.replace("is wrong or missing", "")  # the token itself never shows
 
 
@@ -355,3 +381,51 @@ def test_a_bad_redis_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], co
         "error: --redis: invalid Redis URL http://127.0.0.1:6379/0: scheme must be one of redis, valkey, rediss,"
         " valkeys; give redis://HOST:PORT/DB"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve", "--port", "-1"], "argument --port: -1 is not a port; give 1-65535"),
+        (["serve", "--port", "70000"], "argument --port: 70000 is not a port; give 1-65535"),
+        (["serve", "--max-frame", "0"], "argument --max-frame: must be a positive number of bytes, got 0"),
+        (["agent", "--server", "ws://127.0.0.1:1/ws", "--device-id", ""], "argument --device-id: must not be empty"),
+        (["agent", "--server", "ws://127.0.0.1:1/ws"], "the following arguments are required: --device-id"),
+        (["task", "devices.yaml", "echo"], "the following arguments are required: --device"),
+        (["serve", "--token", ""], "argument --token: must not be empty"),
+        (["agent", "--server", "ws://127.0.0.1:1/ws", "--device-id", "d", "--platform", " "], "argument --platform"),
+    ],
+)
+def test_a_bad_argument_is_one_line_naming_the_help(
+    capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    status, err = _main(capsys, *args)
+    assert status == 2
+    (line,) = err.splitlines()  # no usage block
+    assert line.startswith(f"error: {says}")
+    assert line.endswith(f"(see 'python -m galaxy_trio {args[0]} --help')")
+
+
+@pytest.mark.parametrize(("status", "cause"), [(403, "the token is wrong or missing"), (404, "/ws")])
+async def test_agent_stopped_by_the_server_exits_1_naming_the_cause(tmp_path: Path, status: int, cause: str) -> None:
+    from galaxy_trio.server import serve_aip
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, host="127.0.0.1", port=0, token="right"))
+        path, token = ("/ws", "wrong") if status == 403 else ("/nope", "right")
+        url = f"ws://127.0.0.1:{server.port}{path}?token={token}"
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "galaxy_trio", "agent", "--server", url, "--device-id", "d"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                cwd=REPO,
+            )
+        nursery.cancel_scope.cancel()
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: server ws://127.0.0.1:") and f"HTTP {status}" in last and cause in last
+    assert last.endswith("; not retrying") and "token=***" in last and "token=right" not in err

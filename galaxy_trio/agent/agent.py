@@ -6,11 +6,13 @@ heartbeat acks (UFO's device read nothing while it executed, §2). Whatever ends
 closing, an invalid frame, a silent server, a rejected registration — is a :class:`~galaxy_trio.errors.LinkError`
 recorded by the task that saw it; the connection's nursery is cancelled, the link closed (bounded by
 ``CLOSE_GRACE``), and :meth:`DeviceAgent.run` reconnects after a full-jitter backoff, re-registering from scratch
-with fresh system info. The agent is a trio driver of :class:`galaxy_trio.aip.client_protocol.ClientProtocol`
-(the registration verdict, the heartbeat schedule and liveness, the retryable/permanent classification it
-shares with the manager). Only what retrying cannot fix — a refused token (HTTP 401/403,
-:class:`AuthenticationRejected`), a 404 or a URL that cannot be dialled (:class:`ServerUnusable`) — or a spent
-``max_retries`` budget ends ``run``.
+with fresh system info. Each attempt ends in the protocol's frozen
+:class:`~galaxy_trio.aip.client_protocol.Outcome` (reason, permanent or not, what to check), which ``run``
+logs, retries or stops on; the connection's state is one :class:`AgentState`. The agent is a trio driver of
+:class:`galaxy_trio.aip.client_protocol.ClientProtocol` (the registration verdict, the heartbeat schedule and
+liveness, the retryable/permanent classification it shares with the manager). Only what retrying cannot fix —
+a refused token (HTTP 401/403, :class:`AuthenticationRejected`), a 404 or a URL that cannot be dialled
+(:class:`ServerUnusable`) — or a spent ``max_retries`` budget ends ``run``.
 
 Decisions where UFO's device is silent or defective:
 - Every COMMAND gets exactly one COMMAND_RESULTS, whatever its tools do (UFO's sent nothing when one raised,
@@ -51,7 +53,15 @@ from ..aip import (
     json_error,
     utc_timestamp,
 )
-from ..aip.client_protocol import ClientProtocol, Heartbeats, Role, Verdict, connect_outcome, handshake_outcome
+from ..aip.client_protocol import (
+    ClientProtocol,
+    Heartbeats,
+    Outcome,
+    Role,
+    Verdict,
+    connect_outcome,
+    handshake_outcome,
+)
 from ..backoff import Backoff
 from ..errors import BinaryFrame, ConnectFailed, HandshakeRejected, LinkClosed, LinkError, RegistrationRejected
 from ..redact import redact_url
@@ -80,7 +90,9 @@ __all__ = ["AgentState", "AgentStats", "DeviceAgent", "serve_device_agent"]
 logger = logging.getLogger("galaxy_trio.agent")
 
 #: Handshake statuses reported as :class:`AuthenticationRejected`; other permanent ones as :class:`ServerUnusable`.
-_AUTH_STATUSES = frozenset({401, 403})
+_AUTH_STATUSES = (401, 403)
+#: How the transport words a URL that cannot be dialled (a port out of range, a bad scheme).
+_INVALID_URL = "invalid WebSocket URL"
 
 
 class AgentState(enum.Enum):
@@ -160,29 +172,19 @@ class DeviceAgent:
         info_provider: DeviceInfoProvider | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        shown_url = redact_url(server_url)
-        if not server_url.startswith(("ws://", "wss://")):
-            raise ValueError(f"server_url must be a ws:// or wss:// URL, got {shown_url!r}")
-        if not device_id:
-            raise ValueError("device_id must be a non-empty string")
-        for name, value in (
-            ("heartbeat_interval", heartbeat_interval),
-            ("heartbeat_timeout", heartbeat_timeout),
-            ("registration_timeout", registration_timeout),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
-        if max_retries is not None and max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0 or None, got {max_retries!r}")
-        if platform is not None and info_provider is not None:
-            raise ValueError("pass platform either to DeviceAgent or to its DeviceInfoProvider, not both")
-        problem = None if custom_metadata is None else json_error(custom_metadata)
-        if problem is not None:
-            raise ValueError(f"custom_metadata must be JSON-serialisable: {problem}")
-
+        _check_arguments(
+            server_url,
+            device_id,
+            max_retries,
+            custom_metadata,
+            platform_twice=platform is not None and info_provider is not None,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            registration_timeout=registration_timeout,
+        )
         self.device_id = device_id
         self._url = server_url
-        self._shown_url = shown_url
+        self._shown_url = redact_url(server_url)
         self._ssl_context = ssl_context
         self._max_message_size = max_message_size
         self._heartbeat_interval = heartbeat_interval
@@ -193,16 +195,7 @@ class DeviceAgent:
         self._custom_metadata = dict(custom_metadata) if custom_metadata is not None else None
         self._info = info_provider or DeviceInfoProvider(platform=platform)
         self._tools = tools if tools is not None else default_tools(self.system_info)
-        if "list_tools" not in self._tools:
-            logger.warning(
-                "device %r: its tool registry has no 'list_tools'; every UFO session starts with that COMMAND "
-                "and will get a failure (use add_builtin_tools)",
-                device_id,
-            )
-        self._executor = ToolExecutor(
-            self._tools, default_deadline=tool_deadline, skip_after_failure=skip_after_failure
-        )
-
+        self._executor = _executor(self._tools, device_id, tool_deadline, skip_after_failure)
         self.stats = AgentStats()
         self._platform = "unknown"
         self._running = False
@@ -276,23 +269,21 @@ class DeviceAgent:
         try:
             while True:
                 self.stats.connect_attempts += 1
-                try:
-                    await self._connect_once(on_registered)
-                except (HandshakeRejected, ConnectFailed) as exc:
-                    self._stop_if_permanent(exc)
-                    error: LinkError = exc
-                except LinkError as exc:
-                    error = exc
+                outcome = await self._attempt(on_registered)
+                if outcome.permanent:
+                    stop = self._stopped(outcome)
+                    logger.error("device %r: %s", self.device_id, stop)
+                    raise stop
                 failures += 1
                 if self._max_retries is not None and failures > self._max_retries:
-                    gave_up = RetriesExhausted(failures, error)
+                    gave_up = RetriesExhausted(failures, outcome)
                     logger.error("device %r: %s", self.device_id, gave_up)
                     raise gave_up
                 delay = self._backoff.delay(failures)
                 logger.warning(
                     "device %r: %s; reconnecting to %s in %.2f s (failure %d)",
                     self.device_id,
-                    error,
+                    outcome.describe(),
                     self._shown_url,
                     delay,
                     failures,
@@ -303,20 +294,27 @@ class DeviceAgent:
             if self._state is not AgentState.DISCONNECTED:
                 self._set_state(AgentState.DISCONNECTED)
 
-    def _stop_if_permanent(self, exc: HandshakeRejected | ConnectFailed) -> None:
-        """Raise the :class:`AgentStopped` for what retrying cannot fix, by the protocol's one classification."""
-        if isinstance(exc, HandshakeRejected):
-            if exc.status_code in _AUTH_STATUSES:
-                stop: AgentStopped = AuthenticationRejected(exc.status_code, self._shown_url)
-                logger.error("device %r: %s", self.device_id, stop)
-                raise stop from None
-            outcome = handshake_outcome(exc.status_code)
-        else:
-            outcome = connect_outcome(str(exc), invalid_url=str(exc).startswith("invalid WebSocket URL"))
-        if outcome.permanent:
-            stop = ServerUnusable(self._shown_url, outcome.describe())
-            logger.error("device %r: %s", self.device_id, stop)
-            raise stop from None
+    async def _attempt(self, on_registered: Callable[[], None]) -> Outcome:
+        """One connection, from dialling to its end, as the protocol's frozen :class:`Outcome`.
+
+        The handshake and the dial are classified as the manager classifies them; whatever else ends a
+        connection — a rejected registration included (see the module docstring) — is retryable for a device.
+        """
+        try:
+            await self._connect_once(on_registered)
+        except HandshakeRejected as exc:
+            return handshake_outcome(exc.status_code)
+        except ConnectFailed as exc:
+            return connect_outcome(str(exc), invalid_url=str(exc).startswith(_INVALID_URL))
+        except LinkError as exc:
+            return Outcome(str(exc))
+
+    def _stopped(self, outcome: Outcome) -> AgentStopped:
+        """The :class:`AgentStopped` for a permanent outcome: a refused token, or a server time cannot fix."""
+        for status in _AUTH_STATUSES:
+            if outcome == handshake_outcome(status):
+                return AuthenticationRejected(status, self._shown_url)
+        return ServerUnusable(self._shown_url, outcome.describe())
 
     async def _connect_once(self, on_registered: Callable[[], None]) -> NoReturn:
         """Connect, register, serve; always ends with a :class:`LinkError` (or cancellation)."""
@@ -534,6 +532,43 @@ class DeviceAgent:
         logger.info(
             "device %r: server pushed task %r; requested it as this device's task", self.device_id, task.task_name
         )
+
+
+def _check_arguments(
+    server_url: str,
+    device_id: str,
+    max_retries: int | None,
+    custom_metadata: Mapping[str, Any] | None,
+    *,
+    platform_twice: bool,
+    **timeouts: float,
+) -> None:
+    """``DeviceAgent``'s argument checks: a ``ValueError`` naming the argument and the value (a URL redacted)."""
+    if not server_url.startswith(("ws://", "wss://")):
+        raise ValueError(f"server_url must be a ws:// or wss:// URL, got {redact_url(server_url)!r}")
+    if not device_id:
+        raise ValueError("device_id must be a non-empty string")
+    for name, value in timeouts.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    if max_retries is not None and max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0 or None, got {max_retries!r}")
+    if platform_twice:
+        raise ValueError("pass platform either to DeviceAgent or to its DeviceInfoProvider, not both")
+    problem = None if custom_metadata is None else json_error(custom_metadata)
+    if problem is not None:
+        raise ValueError(f"custom_metadata must be JSON-serialisable: {problem}")
+
+
+def _executor(tools: ToolRegistry, device_id: str, deadline: float, skip_after_failure: bool) -> ToolExecutor:
+    """The agent's executor over ``tools``, with a warning if they cannot answer UFO's first COMMAND."""
+    if "list_tools" not in tools:
+        logger.warning(
+            "device %r: its tool registry has no 'list_tools'; every UFO session starts with that COMMAND "
+            "and will get a failure (use add_builtin_tools)",
+            device_id,
+        )
+    return ToolExecutor(tools, default_deadline=deadline, skip_after_failure=skip_after_failure)
 
 
 def _unencodable(result: Result, exc: Exception) -> Result:

@@ -8,6 +8,7 @@ class (``galaxy_trio.errors``), re-exported here.
 
 from __future__ import annotations
 
+from ..aip.client_protocol import Outcome
 from ..errors import GalaxyTrioError, LinkError, RegistrationRejected
 
 __all__ = [
@@ -52,12 +53,13 @@ class ServerUnusable(AgentStopped):
 
 
 class RetriesExhausted(AgentStopped):
-    """``max_retries`` consecutive attempts failed without a successful registration."""
+    """``max_retries`` consecutive attempts failed without a successful registration; ``last`` is how the last
+    attempt ended (its :class:`~galaxy_trio.aip.client_protocol.Outcome`)."""
 
-    def __init__(self, failures: int, last_error: BaseException) -> None:
-        super().__init__(f"giving up after {failures} consecutive failed attempts; last error: {last_error}")
+    def __init__(self, failures: int, last: Outcome) -> None:
+        super().__init__(f"giving up after {failures} consecutive failed attempts; last error: {last.describe()}")
         self.failures = failures
-        self.last_error = last_error
+        self.last = last
 
 
 class RegistrationTimeout(LinkError):

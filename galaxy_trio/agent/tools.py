@@ -76,20 +76,26 @@ class Tool:
     #: A sync function runs in a worker thread (so it cannot stall the connection); ``False`` runs it inline.
     in_thread: bool
     is_async: bool
+    #: A meta tool (UFO's ``list_tools``): offered under every tool type, left out of listings unless asked for.
+    is_meta: bool = False
 
     @property
     def key(self) -> str:
         """UFO's ``tool_key``: ``"<tool_type>::<name>"``."""
         return f"{self.tool_type.value}::{self.name}"
 
-    def info(self, namespace: str) -> dict[str, Any]:
-        """The MCP tool info object, keys in the order of the recorded ``list_tools`` result (§5.3)."""
+    def info(self, namespace: str, tool_type: ToolType | None = None) -> dict[str, Any]:
+        """The MCP tool info object, keys in the order of the recorded ``list_tools`` result (§5.3).
+
+        ``tool_type`` lists a meta tool under a type other than its own (UFO registers one under each type).
+        """
+        kind = tool_type or self.tool_type
         return {
-            "tool_key": self.key,
+            "tool_key": f"{kind.value}::{self.name}",
             "tool_name": self.name,
             "title": self.title,
             "namespace": namespace,
-            "tool_type": self.tool_type.value,
+            "tool_type": kind.value,
             "description": self.description,
             "input_schema": self.signature.input_schema,
             "output_schema": self.output_schema,
@@ -122,6 +128,7 @@ def _build_tool(
     annotations: dict[str, Any] | None,
     deadline: float | None,
     in_thread: bool,
+    is_meta: bool = False,
 ) -> Tool:
     tool_name = name or getattr(func, "__name__", None)
     if not tool_name:
@@ -142,6 +149,7 @@ def _build_tool(
         deadline=deadline,
         in_thread=in_thread,
         is_async=inspect.iscoroutinefunction(func),
+        is_meta=is_meta,
     )
 
 
@@ -232,8 +240,13 @@ class ToolRegistry:
         annotations: dict[str, Any] | None = None,
         deadline: float | None = None,
         in_thread: bool = True,
+        meta_tool: bool = False,
     ) -> Tool:
-        """Register ``func``. Raises ``ValueError`` for a duplicate name, ``TypeError`` for an unusable signature."""
+        """Register ``func``. Raises ``ValueError`` for a duplicate name, ``TypeError`` for an unusable signature.
+
+        ``meta_tool`` marks a tool about the device itself, as UFO's ``list_tools``: it answers under every tool
+        type and :meth:`list_tools` leaves it out unless ``remove_meta=False``.
+        """
         tool = _build_tool(
             func,
             name=name,
@@ -245,6 +258,7 @@ class ToolRegistry:
             annotations=annotations,
             deadline=deadline,
             in_thread=in_thread,
+            is_meta=meta_tool,
         )
         if tool.name in self._tools:
             raise ValueError(f"a tool named '{tool.name}' is already registered")
@@ -263,12 +277,26 @@ class ToolRegistry:
     def __len__(self) -> int:
         return len(self._tools)
 
-    def list_tools(self, tool_type: ToolType | str | None = None) -> list[dict[str, Any]]:
-        """MCP tool info for every tool (of ``tool_type`` if given), in registration order."""
+    def list_tools(
+        self, tool_type: ToolType | str | None = None, namespace: str | None = None, remove_meta: bool = True
+    ) -> list[dict[str, Any]]:
+        """MCP tool info for every tool, in registration order; UFO's ``list_tools`` parameters.
+
+        ``tool_type`` keeps the tools of that type, ``namespace`` those of that namespace (this registry has one,
+        so another name lists nothing). Meta tools are left out unless ``remove_meta`` is false; then each is
+        listed under the type asked for, or once under every type (UFO registers a meta tool under each).
+        """
         wanted = ToolType(tool_type) if tool_type is not None else None
-        return [
-            tool.info(self.namespace) for tool in self._tools.values() if wanted is None or tool.tool_type is wanted
-        ]
+        if namespace is not None and namespace != self.namespace:
+            return []
+        listed: list[dict[str, Any]] = []
+        for tool in self._tools.values():
+            if not tool.is_meta:
+                if wanted is None or tool.tool_type is wanted:
+                    listed.append(tool.info(self.namespace))
+            elif not remove_meta:
+                listed.extend(tool.info(self.namespace, kind) for kind in ((wanted,) if wanted else ToolType))
+        return listed
 
 
 # --- execution -----------------------------------------------------------------------------------------------
@@ -369,13 +397,21 @@ def _failure(error: str, call_id: str | None) -> Result:
 def add_builtin_tools(registry: ToolRegistry, system_info: Callable[[], dict[str, Any]]) -> None:
     """Register ``list_tools``, ``get_system_info`` and ``echo``; all read-only and instant, so they run inline.
 
-    ``list_tools`` answers the COMMAND every UFO session starts with. ``get_system_info`` and ``echo`` are
+    ``list_tools`` answers the COMMAND every UFO session starts with, with the parameters of UFO's meta tool
+    (``tool_type``, ``namespace``, ``remove_meta``, all optional); as there, it answers under every tool type
+    and is not in its own listing unless ``remove_meta`` is false. ``get_system_info`` and ``echo`` are
     ``action`` tools so that they appear in that list (UFO asks for ``tool_type: action``).
     """
 
-    def list_tools(tool_type: Literal["data_collection", "action"] | None = None) -> list[dict[str, Any]]:
-        """List the tools of this device as MCP tool info objects, optionally only those of one tool_type."""
-        return registry.list_tools(tool_type)
+    def list_tools(
+        tool_type: Annotated[
+            Literal["data_collection", "action"] | None, "Only the tools of this type (all types when null)."
+        ] = None,
+        namespace: Annotated[str | None, "Only the tools of this namespace (all when null)."] = None,
+        remove_meta: Annotated[bool, "Leave meta tools such as list_tools itself out of the list."] = True,
+    ) -> list[dict[str, Any]]:
+        """Get the available tools of this device as MCP tool info objects, optionally of one type or namespace."""
+        return registry.list_tools(tool_type, namespace, remove_meta)
 
     def get_system_info() -> dict[str, Any]:
         """Current system information of this device (platform, OS version, CPUs, memory, hostname, address)."""
@@ -385,7 +421,13 @@ def add_builtin_tools(registry: ToolRegistry, system_info: Callable[[], dict[str
         """Return the given text unchanged; checks that the device executes commands."""
         return text
 
-    registry.add(list_tools, tool_type=ToolType.DATA_COLLECTION, in_thread=False, annotations={"readOnlyHint": True})
+    registry.add(
+        list_tools,
+        tool_type=ToolType.DATA_COLLECTION,
+        in_thread=False,
+        annotations={"readOnlyHint": True},
+        meta_tool=True,
+    )
     registry.add(get_system_info, tool_type=ToolType.ACTION, in_thread=False, annotations={"readOnlyHint": True})
     registry.add(echo, tool_type=ToolType.ACTION, in_thread=False, annotations={"readOnlyHint": True})
 

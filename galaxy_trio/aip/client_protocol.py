@@ -29,6 +29,7 @@ from .messages import ClientMessage, ClientType, ServerMessage, ServerMessageTyp
 
 __all__ = [
     "PERMANENT_HANDSHAKE_STATUSES",
+    "REFUSED_HINT",
     "ClientProtocol",
     "DeviceInfoAnswered",
     "Event",
@@ -87,10 +88,19 @@ def handshake_outcome(status_code: int) -> Outcome:
     return Outcome(f"handshake rejected with HTTP {status_code}", permanent=False)
 
 
+#: What to check when nothing accepts the connection (the transport words it "connection refused by HOST:PORT").
+REFUSED_HINT: Final = "is the AIP server running? check the host and port of the server URL"
+
+
 def connect_outcome(detail: str, *, invalid_url: bool) -> Outcome:
-    """The connection could not be opened; only a URL that cannot be dialled (bad port, bad scheme) is permanent."""
+    """The connection could not be opened; only a URL that cannot be dialled (bad port, bad scheme) is permanent.
+
+    A refused connection is retryable (the server may be starting) and comes with what to check.
+    """
     if invalid_url:
         return Outcome(detail, permanent=True, hint="fix the server URL")
+    if "refused" in detail:
+        return Outcome(detail, permanent=False, hint=REFUSED_HINT)
     return Outcome(detail, permanent=False)
 
 

@@ -16,7 +16,7 @@ from ..aip.client_protocol import PERMANENT_HANDSHAKE_STATUSES, Outcome, connect
 from ..errors import ConnectFailed, HandshakeRejected, LinkError
 from ..transport import open_link
 
-__all__ = ["PERMANENT_HANDSHAKE_STATUSES", "classify", "client_ssl_context", "is_permanent", "open_link"]
+__all__ = ["PERMANENT_HANDSHAKE_STATUSES", "classify", "client_ssl_context", "open_link"]
 
 _INVALID_URL: Final = "invalid WebSocket URL"
 
@@ -26,11 +26,6 @@ def classify(exc: LinkError) -> Outcome:
     if isinstance(exc, HandshakeRejected):
         return handshake_outcome(exc.status_code)
     return connect_outcome(str(exc), invalid_url=isinstance(exc, ConnectFailed) and str(exc).startswith(_INVALID_URL))
-
-
-def is_permanent(exc: LinkError) -> bool:
-    """Whether a failed connection attempt should fail the device rather than be retried."""
-    return classify(exc).permanent
 
 
 def client_ssl_context(ca_file: str | None) -> ssl.SSLContext | None:

@@ -12,8 +12,11 @@ Request syntax understood by :func:`default_driver` (the TASK's ``request`` text
 
 The session goes as UFO's does: ``list_tools`` first, then the tool, then the final empty COMMAND (sent by the
 server). The tool must be among those ``list_tools`` returned, or the task fails naming the tool and listing the
-available ones. A tool that fails fails the task with the tool's error. On success the TASK_END result has UFO's
-shape, a list of ``{"request", "result"}``: ``[{"request": <request>, "result": <the tool's result>}]``.
+available ones — except ``list_tools`` itself: on a UFO device it is a meta tool, offered under every tool type
+and left out of its own listing, so a task may always run it, with UFO's parameters (``tool_type``,
+``namespace``, ``remove_meta``), e.g. ``{"tool_name": "list_tools", "parameters": {"tool_type": "action"}}``.
+A tool that fails fails the task with the tool's error. On success the TASK_END result has UFO's shape, a list
+of ``{"request", "result"}``: ``[{"request": <request>, "result": <the tool's result>}]``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from .sessions import SessionHandle, TaskFailed
 
 __all__ = ["ToolCall", "default_driver", "parse_tool_request"]
 
+#: The meta tool every UFO device answers (under either tool type) without listing it.
+LIST_TOOLS: Final = "list_tools"
 _BARE_TOOL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
 _TOOL_TYPES: Final = {t.value: t for t in ToolType}
 
@@ -68,6 +73,8 @@ async def default_driver(session: SessionHandle) -> list[dict[str, Any]]:
     call = parse_tool_request(session.request)
     by_name = {tool.get("tool_name"): tool for tool in tools}
     tool = by_name.get(call.tool_name)
+    if tool is None and call.tool_name == LIST_TOOLS:
+        tool = {"tool_name": LIST_TOOLS, "tool_type": ToolType.ACTION.value}  # as UFO's server sends it
     if tool is None:
         names = sorted(str(name) for name in by_name if name is not None)
         available = ", ".join(names) if names else "none"

@@ -52,7 +52,16 @@ _MAX_CLOSE_REASON: Final = 123
 
 #: The error tables of this module's I/O edges (see :mod:`._errors`). No message quotes the URL: it may hold a token.
 _BAD_URL: Final[ErrorTable] = {ValueError: lambda exc: ConnectFailed(f"invalid WebSocket URL: {exc}")}
-_TCP_CONNECT: Final[ErrorTable] = {OSError: lambda exc: ConnectFailed(f"connection failed ({describe(exc)})")}
+
+
+def _tcp_failed(exc: Exception, where: str) -> ConnectFailed:
+    """A refused connection says so: trio's own text is "all attempts to connect to H:P failed"."""
+    attempts = exc.__cause__.exceptions if isinstance(exc.__cause__, BaseExceptionGroup) else (exc,)
+    if all(isinstance(attempt, ConnectionRefusedError) for attempt in attempts):
+        return ConnectFailed(f"connection refused by {where}")
+    return ConnectFailed(f"connection failed ({describe(exc)})")
+
+
 _TLS_HANDSHAKE: Final[ErrorTable] = {
     STREAM_ERRORS: lambda exc: ConnectFailed(f"TLS handshake failed ({describe(exc)})"),
 }
@@ -402,7 +411,8 @@ async def connect_link(
 ) -> ClientLink:
     """Open a client link; the caller closes it. Prefer :func:`open_link`, which does."""
     target = _parse(url)
-    with map_exceptions(_TCP_CONNECT):
+    where = f"[{target.host}]:{target.port}" if ":" in target.host else f"{target.host}:{target.port}"
+    with map_exceptions({OSError: functools.partial(_tcp_failed, where=where)}):
         stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
     try:
         if target.secure:

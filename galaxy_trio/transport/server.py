@@ -107,8 +107,12 @@ class LinkRequest:
 
     @property
     def remote(self) -> str:
-        """The peer's address, for logs."""
-        return str(self._request.remote)
+        """The peer's address for logs, ``127.0.0.1:50774`` or ``[::1]:50774`` (not trio-websocket's repr)."""
+        peer = self._request.remote
+        address, port = getattr(peer, "address", None), getattr(peer, "port", None)
+        if address is None or port is None:
+            return str(peer)
+        return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
 
     async def accept(self) -> ServerLink:
         """Switch protocols. Raises :class:`LinkClosed` if the peer went away meanwhile."""

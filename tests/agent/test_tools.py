@@ -488,3 +488,43 @@ async def test_without_skip_after_failure_every_command_runs() -> None:
 
 async def test_an_empty_batch_gives_no_results() -> None:
     assert await _executor(default_tools(dict)).run_all([]) == []
+
+
+async def test_builtin_list_tools_takes_ufos_parameters() -> None:
+    tools = default_tools(dict)
+    executor = _executor(tools)
+
+    async def keys(parameters: dict[str, Any] | None) -> list[str]:
+        result = await executor.run(_command("list_tools", parameters))
+        assert result.status is ResultStatus.SUCCESS, result.error
+        return [info["tool_key"] for info in result.result]
+
+    # UFO's meta tool: no parameter lists every type, without list_tools itself (remove_meta defaults to true).
+    assert await keys(None) == ["action::get_system_info", "action::echo"]
+    assert await keys({"tool_type": "data_collection"}) == []
+    # With remove_meta false it is listed under the type asked for, or under every type.
+    assert await keys({"tool_type": "data_collection", "remove_meta": False}) == ["data_collection::list_tools"]
+    assert await keys({"remove_meta": False}) == [
+        "data_collection::list_tools",
+        "action::list_tools",
+        "action::get_system_info",
+        "action::echo",
+    ]
+    # One namespace per registry: another one lists nothing.
+    assert await keys({"namespace": "galaxy_trio"}) == ["action::get_system_info", "action::echo"]
+    assert await keys({"namespace": "HardwareExecutor"}) == []
+    schema = tools.list_tools(remove_meta=False)[0]["input_schema"]
+    assert list(schema["properties"]) == ["tool_type", "namespace", "remove_meta"]
+    assert "required" not in schema
+
+
+def test_registry_list_tools_hides_meta_tools_unless_asked() -> None:
+    tools = ToolRegistry()
+    tools.add(lambda: 1, name="meta", meta_tool=True)
+    tools.add(lambda: 2, name="doer", tool_type=ToolType.ACTION)
+
+    assert [info["tool_key"] for info in tools.list_tools()] == ["action::doer"]
+    assert [info["tool_key"] for info in tools.list_tools("action", remove_meta=False)] == [
+        "action::meta",
+        "action::doer",
+    ]

@@ -52,7 +52,13 @@ def test_handshake_statuses_are_classified_once(status: int, permanent: bool, ca
 
 
 def test_connect_failures_are_retryable_unless_the_url_cannot_be_dialled() -> None:
-    assert connect_outcome("connection failed (refused)", invalid_url=False) == Outcome("connection failed (refused)")
+    reset = "connection failed (OSError: [Errno 104] Connection reset by peer)"
+    assert connect_outcome(reset, invalid_url=False) == Outcome(reset)
+    refused = connect_outcome("connection refused by 127.0.0.1:5005", invalid_url=False)
+    assert not refused.permanent
+    assert refused.describe() == (
+        "connection refused by 127.0.0.1:5005: is the AIP server running? check the host and port of the server URL"
+    )
     bad_port = connect_outcome("invalid WebSocket URL: Port out of range 0-65535", invalid_url=True)
     assert bad_port.permanent and "Port out of range" in bad_port.describe() and "server URL" in bad_port.describe()
 

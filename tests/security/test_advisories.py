@@ -134,10 +134,8 @@ async def test_manager_with_no_or_a_wrong_token_fails_at_once_and_never_retries(
             await trio.sleep(600.0)  # long after every backoff would have fired
             profile = manager.get_device_info("dev")
     assert profile is not None and profile.status is DeviceStatus.FAILED
-    assert (
-        profile.failure_reason == "handshake rejected with HTTP 403: the token is wrong or missing"
-        and profile.connection_attempts == 1
-    )
+    assert profile.failure_reason == "handshake rejected with HTTP 403: the token is wrong or missing"
+    assert profile.connection_attempts == 1
     assert sum("HTTP 403" in r.getMessage() for r in records) == 1
     assert WRONG_SECRET not in repr(profile) and server.online_clients() == {}
 

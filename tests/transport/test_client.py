@@ -720,11 +720,11 @@ async def test_a_bad_url_fails_naming_the_problem_but_not_the_token(
 
 
 async def test_connection_refused_fails(autojump_clock: trio.testing.MockClock) -> None:
-    """Nothing listens on the port: ConnectFailed saying the connection failed, without the token."""
+    """Nothing listens on the port: ConnectFailed saying the connection was refused and where, without the token."""
     with socket.socket() as probe:  # a port that was free a moment ago, and is closed now
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(ConnectFailed, match="connection failed") as failed:
+    with pytest.raises(ConnectFailed, match=rf"^connection refused by 127\.0\.0\.1:{port}$") as failed:
         async with open_link(f"ws://127.0.0.1:{port}/ws?token={TOKEN}"):
             pytest.fail("no link may open")
     assert TOKEN not in str(failed.value)

@@ -172,6 +172,15 @@ def _add_serve(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-frame", type=_positive_int, default=1 << 20, help="largest accepted frame in bytes (1 MiB)"
     )
+    serve.add_argument(
+        "--control",
+        metavar="HOST:PORT",
+        help="serve the server's /metrics (bearer token), /healthz and /readyz there (port 0: any free one; the URL"
+        " and token are printed once; token from $GALAXY_TRIO_CONTROL_TOKEN if set); needs the 'control' extra",
+    )
+    serve.add_argument(
+        "--control-allow-remote", action="store_true", help="let --control bind an address that is not loopback"
+    )
 
 
 def _add_agent(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
@@ -358,18 +367,19 @@ def _manager_settings(config: GalaxyConfig) -> Any:
 @asynccontextmanager
 async def _fleet(
     settings: Any, devices: Sequence[DeviceConfig], local: bool
-) -> AsyncIterator[tuple[Any, Sequence[DeviceConfig]]]:
-    """The manager for ``devices``, with local servers and agents first when asked."""
+) -> AsyncIterator[tuple[Any, Sequence[DeviceConfig], Sequence[Any]]]:
+    """The manager for ``devices``, with local servers and agents first when asked (and those servers)."""
     from .manager import ConstellationDeviceManager
 
+    servers: Sequence[Any] = ()
     async with AsyncExitStack() as stack:
         if local:
             from .local import open_local_fleet
 
             fleet = await stack.enter_async_context(open_local_fleet(devices))
-            devices = fleet.devices
+            devices, servers = fleet.devices, tuple(fleet.servers.values())
         manager = await stack.enter_async_context(ConstellationDeviceManager(settings=settings))
-        yield manager, devices
+        yield manager, devices, servers
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -388,14 +398,21 @@ async def _run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     try:
         async with (
-            _fleet(_manager_settings(config), config.devices, local) as (manager, devices),
+            _fleet(_manager_settings(config), config.devices, local) as (manager, devices, servers),
             # In fleet mode the control server starts with the fleet member (it routes tasks through it).
-            _open_control(manager, None if args.redis else control, allow_remote=args.control_allow_remote),
+            _open_control(
+                manager, None if args.redis else control, allow_remote=args.control_allow_remote, servers=servers
+            ),
         ):
             try:
                 if args.redis:
                     status = await _run_fleet_member(
-                        manager, devices, args.redis, control=control, allow_remote=args.control_allow_remote
+                        manager,
+                        devices,
+                        args.redis,
+                        control=control,
+                        allow_remote=args.control_allow_remote,
+                        servers=servers,
                     )
                 else:
                     status = await _bring_up(
@@ -430,9 +447,15 @@ def _control_address(args: argparse.Namespace) -> tuple[str, int] | None:
 
 @asynccontextmanager
 async def _open_control(
-    manager: Any, address: tuple[str, int] | None, *, allow_remote: bool, fleet: Any = None
+    manager: Any,
+    address: tuple[str, int] | None,
+    *,
+    allow_remote: bool,
+    fleet: Any = None,
+    servers: Sequence[Any] = (),
 ) -> AsyncIterator[None]:
-    """The control server for ``manager`` while the block runs (nothing without ``--control``)."""
+    """The control server for ``manager`` while the block runs (nothing without ``--control``); ``servers``: the
+    AIP servers local mode started, whose own figures join the metrics."""
     if address is None:
         yield
         return
@@ -442,12 +465,25 @@ async def _open_control(
     given = os.environ.get("GALAXY_TRIO_CONTROL_TOKEN") or None
     async with open_service_nursery() as nursery:
         endpoint = await nursery.start(
-            partial(serve_control, manager, host=host, port=port, token=given, allow_remote=allow_remote, fleet=fleet)
+            partial(
+                serve_control,
+                manager,
+                host=host,
+                port=port,
+                token=given,
+                allow_remote=allow_remote,
+                fleet=fleet,
+                servers=servers,
+            )
         )
-        # Printed once, on purpose (like `serve`'s token); never logged.
-        token_line = "from $GALAXY_TRIO_CONTROL_TOKEN" if given else endpoint.token
-        print(f"dashboard and control API: {endpoint.url}\ncontrol token: {token_line}", file=sys.stderr, flush=True)
+        _print_control("dashboard and control API", endpoint, given=given is not None)
         yield
+
+
+def _print_control(what: str, endpoint: Any, *, given: bool) -> None:
+    """The control URL and token, printed once, on purpose (like `serve`'s token); never logged."""
+    token_line = "from $GALAXY_TRIO_CONTROL_TOKEN" if given else endpoint.token
+    print(f"{what}: {endpoint.url}\ncontrol token: {token_line}", file=sys.stderr, flush=True)
 
 
 def _check_tokens(devices: Sequence[DeviceConfig]) -> None:
@@ -494,13 +530,14 @@ async def _run_fleet_member(
     *,
     control: tuple[str, int] | None = None,
     allow_remote: bool = False,
+    servers: Sequence[Any] = (),
 ) -> int:
     """Fleet mode: this manager drives only the devices whose lease it holds in Redis."""
     from .fleet import open_fleet_member
 
     async with (
         open_fleet_member(manager, redis_url, devices) as member,
-        _open_control(manager, control, allow_remote=allow_remote, fleet=member),
+        _open_control(manager, control, allow_remote=allow_remote, fleet=member, servers=servers),
     ):
         logger.info("joined the fleet at %s as %s", redact_url(redis_url), member.member_id)
         await trio.sleep_forever()
@@ -554,7 +591,7 @@ async def _task(args: argparse.Namespace) -> int:
         raise UsageError(f"no device {args.device!r} in {args.config}; devices: {ids}") from None
     if not (args.local or config.local):
         _check_tokens([device])
-    async with _fleet(config.manager, [device], args.local or config.local) as (manager, devices):
+    async with _fleet(config.manager, [device], args.local or config.local) as (manager, devices, _servers):
         manager.add_devices(devices)
         profile = await manager.wait_for_device(device.device_id)
         if profile.status.value != "idle":
@@ -613,14 +650,21 @@ async def _resolve_host(host: str, port: int) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from .server import serve_aip
 
+    control = _control_address(args)
     await _resolve_host(args.host, args.port)
     token = args.token or os.environ.get("GALAXY_TRIO_TOKEN")
     if not token:
         token = secrets.token_urlsafe(24)
         # Printed once, on purpose, so that clients can be pointed at this server; never logged.
         print(f"token: {token}", file=sys.stderr, flush=True)
+    serve = partial(serve_aip, host=args.host, port=args.port, token=token, max_frame_size=args.max_frame)
     try:
-        await serve_aip(host=args.host, port=args.port, token=token, max_frame_size=args.max_frame)
+        if control is None:
+            await serve()
+        else:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(serve)
+                await _start_server_control(nursery, server, control, allow_remote=args.control_allow_remote)
     except Exception as exc:
         for leaf in _leaves(exc):
             if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
@@ -640,6 +684,20 @@ async def _serve(args: argparse.Namespace) -> int:
                 ) from None
         raise
     return EXIT_OK
+
+
+async def _start_server_control(
+    nursery: trio.Nursery, server: Any, address: tuple[str, int], *, allow_remote: bool
+) -> None:
+    """``serve --control``: the AIP server's metrics and health probes, in ``nursery``."""
+    from .control import serve_server_control
+
+    host, port = address
+    given = os.environ.get("GALAXY_TRIO_CONTROL_TOKEN") or None
+    endpoint = await nursery.start(
+        partial(serve_server_control, [server], host=host, port=port, token=given, allow_remote=allow_remote)
+    )
+    _print_control("metrics and health", endpoint, given=given is not None)
 
 
 def _agent_url(args: argparse.Namespace) -> str:

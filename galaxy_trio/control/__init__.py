@@ -11,7 +11,7 @@ Needs the ``control`` extra (Starlette, Hypercorn, prometheus_client, httpx).
 
 from .address import ControlAddressError, is_loopback, parse_hostport
 from .auth import new_token
-from .server import ControlEndpoint, ControlServeError, serve_control
+from .server import ControlEndpoint, ControlServeError, serve_control, serve_server_control
 
 __all__ = [
     "ControlAddressError",
@@ -21,4 +21,5 @@ __all__ = [
     "new_token",
     "parse_hostport",
     "serve_control",
+    "serve_server_control",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import Any, Final
 
@@ -35,12 +35,12 @@ from . import sse
 from .auth import ControlToken
 from .broadcast import Broadcast, QueueClosed
 from .fleet import FleetControl
-from .metrics import CONTENT_TYPE, ControlMetrics
+from .metrics import CONTENT_TYPE, ControlMetrics, ServerMetrics, ServerView
 from .state import DeviceState, StateReader
 from .tasks import TaskBoard, TaskRecord, TaskSpec
 from .view import device_row
 
-__all__ = ["ControlContext", "build_app"]
+__all__ = ["ControlContext", "build_app", "build_server_app"]
 
 logger = logging.getLogger("galaxy_trio.control")
 
@@ -183,12 +183,7 @@ def build_app(ctx: ControlContext) -> Starlette:
     def authed(handler: Callable[[Request, ControlContext], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
             if not ctx.token.accepts(request.headers.get("authorization")):
-                return Response(
-                    b'{"error":"missing or wrong bearer token"}',
-                    status_code=401,
-                    media_type="application/json",
-                    headers={"WWW-Authenticate": 'Bearer realm="galaxy_trio"'},
-                )
+                return _unauthorized()
             return await handler(request, ctx)
 
         return endpoint
@@ -207,6 +202,34 @@ def build_app(ctx: ControlContext) -> Starlette:
     ]
     routes += [Route(path, _static_of(name, media)) for path, (name, media) in _STATIC.items()]
     return Starlette(routes=routes)
+
+
+def build_server_app(token: ControlToken, metrics: ServerMetrics, servers: Sequence[ServerView]) -> Starlette:
+    """The Starlette app of ``serve --control``: ``/metrics`` (bearer token, as the manager's), ``/healthz`` and
+    ``/readyz`` (no token, no data; ready while every AIP server listens)."""
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if not token.accepts(request.headers.get("authorization")):
+            return _unauthorized()
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def readyz(_request: Request) -> Response:
+        if servers and all(server.url for server in servers):
+            return Response(b"ready\n", media_type="text/plain")
+        return Response(b"not ready\n", status_code=503, media_type="text/plain")
+
+    return Starlette(
+        routes=[Route("/healthz", _healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
+    )
+
+
+def _unauthorized() -> Response:
+    return Response(
+        b'{"error":"missing or wrong bearer token"}',
+        status_code=401,
+        media_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="galaxy_trio"'},
+    )
 
 
 def _static_of(name: str, media_type: str) -> Handler:

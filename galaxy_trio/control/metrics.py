@@ -1,9 +1,11 @@
 """Prometheus metrics of one manager, for ``GET /metrics`` (text format by ``prometheus_client``).
 
-Two sources: gauges read the fleet's state at scrape time (devices by status, queue depth, heartbeat age), so
-they can never drift from it; counters and histograms follow the manager's event stream (attempts, failures by
-reason class, phase durations, time to IDLE, missed heartbeats, tasks). Each control server has its own
-registry: two managers in one process do not mix their figures.
+Three sources: gauges read the fleet's state at scrape time (devices by status, queue depth, heartbeat age), so
+they can never drift from it; the heartbeat counters and round-trip histogram, and the AIP servers' own figures
+(clients, sessions, frames in/out, frames refused by rule), are read at scrape time from the counters the manager
+(``manager.heartbeat_stats``) and each server (``server.stats``) keep from their start; the rest follows the
+manager's event stream (attempts, failures by reason class, phase durations, time to IDLE, tasks). Each control
+server has its own registry: two managers in one process do not mix their figures.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..manager import DeviceEvent, DeviceStatus, EventKind
+from ..manager.state import HEARTBEAT_RTT_BUCKETS, HeartbeatStats
 from .reasons import STOP_REASONS, reason_class
 from .state import DeviceState
 
-__all__ = ["CONTENT_TYPE", "ControlMetrics"]
+__all__ = ["CONTENT_TYPE", "ControlMetrics", "ServerMetrics", "ServerView"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -37,11 +40,25 @@ class Counted(Protocol):
     def dropped(self) -> int: ...
 
 
+class ServerCounts(Protocol):
+    """An AIP server's own counters (``galaxy_trio.server.stats.ServerStats``)."""
+
+    @property
+    def frames_in(self) -> int: ...
+    @property
+    def frames_out(self) -> int: ...
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
+
+
 class ServerView(Protocol):
     """What the metrics read of an AIP server (``galaxy_trio.server.AIPServer``) running in the same process."""
 
     @property
     def url(self) -> str | None: ...
+
+    @property
+    def stats(self) -> ServerCounts: ...
 
     def online_clients(self) -> Mapping[str, Any]: ...
 
@@ -49,12 +66,13 @@ class ServerView(Protocol):
 
 
 class _ServerCollector(Collector):
-    """The device side's gauges, for AIP servers served by this process (local mode): clients by type, sessions."""
+    """The device side, for AIP servers served by this process: clients by type, sessions, frames in/out and
+    frames refused by rule (``server`` label: the server's URL, never with the token)."""
 
     def __init__(self, servers: Sequence[ServerView]) -> None:
         self._servers = list(servers)
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         clients = GaugeMetricFamily(
             "galaxy_trio_server_clients", "Clients registered with an AIP server, by type", labels=["server", "type"]
         )
@@ -62,6 +80,16 @@ class _ServerCollector(Collector):
             "galaxy_trio_server_sessions_running",
             "Sessions (tasks) running or waiting on an AIP server",
             labels=["server"],
+        )
+        frames = CounterMetricFamily(
+            "galaxy_trio_server_frames",
+            "Frames an AIP server received (in) and sent (out)",
+            labels=["server", "direction"],
+        )
+        rejected = CounterMetricFamily(
+            "galaxy_trio_server_frames_rejected",
+            "Frames an AIP server refused, by the rule that refused them",
+            labels=["server", "rule"],
         )
         for server in self._servers:
             name = server.url or "not listening"
@@ -72,7 +100,41 @@ class _ServerCollector(Collector):
             for kind, count in by_type.items():
                 clients.add_metric([name, kind], count)
             sessions.add_metric([name], len(server.running_sessions()))
-        return [clients, sessions]
+            stats = server.stats
+            frames.add_metric([name, "in"], stats.frames_in)
+            frames.add_metric([name, "out"], stats.frames_out)
+            for rule, count in sorted(stats.rejected.items()):
+                rejected.add_metric([name, rule], count)
+        return [clients, sessions, frames, rejected]
+
+
+class _HeartbeatCollector(Collector):
+    """The manager's heartbeats since it started: sent, missed, and the round-trip histogram."""
+
+    def __init__(self, stats: HeartbeatStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats
+        sent = CounterMetricFamily("galaxy_trio_heartbeats_sent", "Heartbeats sent, every device of this manager")
+        sent.add_metric([], stats.sent)
+        missed = CounterMetricFamily(
+            "galaxy_trio_heartbeats_missed", "Heartbeats that got no frame back within heartbeat_timeout (link dropped)"
+        )
+        missed.add_metric([], stats.missed)
+        rtt = HistogramMetricFamily(
+            "galaxy_trio_heartbeat_rtt_seconds", "From a heartbeat to the server's ack, as the manager's loop saw it"
+        )
+        buckets, total = [], 0
+        for bound, count in zip((*HEARTBEAT_RTT_BUCKETS, float("inf")), stats.rtt_buckets, strict=True):
+            total += count
+            buckets.append((_le(bound), total))
+        rtt.add_metric([], buckets, stats.rtt_sum)
+        return [sent, missed, rtt]
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class _FleetCollector(Collector):
@@ -120,10 +182,17 @@ class _Progress:
 class ControlMetrics:
     """The registry behind ``/metrics``; feed it every manager event with :meth:`observe`."""
 
-    def __init__(self, states: Callable[[], Mapping[str, DeviceState]], servers: Sequence[ServerView] = ()) -> None:
+    def __init__(
+        self,
+        states: Callable[[], Mapping[str, DeviceState]],
+        servers: Sequence[ServerView] = (),
+        heartbeats: HeartbeatStats | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         r.register(_FleetCollector(states))
+        if heartbeats is not None:
+            r.register(_HeartbeatCollector(heartbeats))
         if servers:
             r.register(_ServerCollector(servers))
         self.attempts = Counter("galaxy_trio_connection_attempts", "Connection attempts started", registry=r)
@@ -145,9 +214,6 @@ class ControlMetrics:
             "From the first attempt of a streak (backoff included) to IDLE",
             buckets=_DURATION_BUCKETS,
             registry=r,
-        )
-        self.heartbeats_missed = Counter(
-            "galaxy_trio_heartbeats_missed", "Heartbeats that got no frame back within heartbeat_timeout", registry=r
         )
         self.tasks = Counter("galaxy_trio_tasks", "Finished tasks by outcome", ["outcome"], registry=r)
         self.task_seconds = Histogram(
@@ -197,8 +263,6 @@ class ControlMetrics:
             progress = self._progress.setdefault(event.device_id, _Progress())
             self._end_phase(progress, event.at)
             progress.phase, progress.phase_at = event.reason, event.at
-        elif kind is EventKind.HEARTBEAT_MISSED:
-            self.heartbeats_missed.inc()
         elif kind is EventKind.TASK_QUEUED and event.task_id is not None:
             self._task_queued_at[event.task_id] = event.at
         elif kind is EventKind.TASK_FINISHED and event.task_id is not None:
@@ -230,3 +294,14 @@ class ControlMetrics:
         if progress.phase is not None:
             self.phase_seconds.labels(progress.phase).observe(max(0.0, at - progress.phase_at))
             progress.phase = None
+
+
+class ServerMetrics:
+    """The registry behind ``serve --control``'s ``/metrics``: the AIP servers' own figures, nothing of a manager."""
+
+    def __init__(self, servers: Sequence[ServerView]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_ServerCollector(servers))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -20,14 +20,14 @@ from hypercorn.typing import ASGIFramework
 from ..errors import GalaxyTrioError
 from ..manager import ConstellationDeviceManager, EventSubscription
 from .address import check_bind, format_host
-from .app import ControlContext, build_app
+from .app import ControlContext, build_app, build_server_app
 from .auth import ControlToken, new_token
 from .fleet import FleetControl
-from .metrics import ControlMetrics, ServerView
+from .metrics import ControlMetrics, ServerMetrics, ServerView
 from .state import StateReader
 from .tasks import TaskBoard
 
-__all__ = ["ControlEndpoint", "ControlServeError", "serve_control"]
+__all__ = ["ControlEndpoint", "ControlServeError", "serve_control", "serve_server_control"]
 
 logger = logging.getLogger("galaxy_trio.control")
 
@@ -84,26 +84,55 @@ async def serve_control(
     secret = token or new_token()
     control_token = ControlToken(secret)
     states_reader = StateReader(manager)
-    metrics = ControlMetrics(states_reader.states, servers)
+    metrics = ControlMetrics(states_reader.states, servers, manager.heartbeat_stats)
     with manager.subscribe(CORE_EVENT_BUFFER) as events:
         async with trio.open_nursery() as nursery:
             board = TaskBoard(manager, nursery, fleet)
             ctx = ControlContext(manager, control_token, metrics, board, states_reader, nursery, sse_buffer, fleet)
             nursery.start_soon(_follow, events, ctx)
-            config = HypercornConfig()
-            config.bind = [f"{format_host(host)}:{port}"]
-            config.accesslog = None  # request lines are never logged (an Authorization header never is anyway)
-            config.errorlog = _http_log()
-            config.graceful_timeout = 1.0
-            # Starlette's __call__ is typed with its own Scope/Receive/Send aliases; the protocol is the same ASGI 3.
-            app = cast(ASGIFramework, build_app(ctx))
-            try:
-                binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, mode="asgi"))
-            except (OSError, BaseExceptionGroup) as exc:
-                raise _listen_error(exc, host, port) from None
-            url = binds[0].rstrip("/") + "/"
+            url = await _listen(nursery, build_app(ctx), host, port)
             logger.info("control API and dashboard on %s", url)
             task_status.started(ControlEndpoint(url, secret))
+
+
+async def serve_server_control(
+    servers: Sequence[ServerView],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    allow_remote: bool = False,
+    task_status: trio.TaskStatus[ControlEndpoint] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` for AIP ``servers`` (``serve --control``) until cancelled.
+
+    The same rules as :func:`serve_control`: loopback unless ``allow_remote``, ``/metrics`` needs the bearer
+    ``token`` (generated when not given: read it from the returned :class:`ControlEndpoint`), the health probes
+    need none and show no data. There is no manager here, hence no API and no dashboard.
+    """
+    check_bind(host, allow_remote=allow_remote)
+    secret = token or new_token()
+    app = build_server_app(ControlToken(secret), ServerMetrics(servers), servers)
+    async with trio.open_nursery() as nursery:
+        url = await _listen(nursery, app, host, port)
+        logger.info("AIP server metrics and health on %s", url)
+        task_status.started(ControlEndpoint(url, secret))
+
+
+async def _listen(nursery: trio.Nursery, app: object, host: str, port: int) -> str:
+    """Serve ``app`` with Hypercorn's trio worker in ``nursery``; the URL it listens on, once it does."""
+    config = HypercornConfig()
+    config.bind = [f"{format_host(host)}:{port}"]
+    config.accesslog = None  # request lines are never logged (an Authorization header never is anyway)
+    config.errorlog = _http_log()
+    config.graceful_timeout = 1.0
+    # Starlette's __call__ is typed with its own Scope/Receive/Send aliases; the protocol is the same ASGI 3.
+    asgi = cast(ASGIFramework, app)
+    try:
+        binds: list[str] = await nursery.start(partial(hypercorn_serve, asgi, config, mode="asgi"))
+    except (OSError, BaseExceptionGroup) as exc:
+        raise _listen_error(exc, host, port) from None
+    return binds[0].rstrip("/") + "/"
 
 
 async def _follow(events: EventSubscription, ctx: ControlContext) -> None:

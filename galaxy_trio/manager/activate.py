@@ -8,18 +8,26 @@ names, then beat or check. A heartbeat goes out every ``heartbeat_interval`` sec
 heartbeat, the link is declared dead and the device reconnects. Bytes from the server that wait unread in the
 socket when the window closes count as an answer: under load (thousands of devices registering at once) the
 manager's loop may reach a reply late, and that is not a dead link.
+
+With ``stats`` (the manager's :class:`~galaxy_trio.manager.state.HeartbeatStats`) it counts the beats sent and
+missed and times each round trip: AIP's heartbeat ack carries no correlation id, but a server answers a link's
+frames in order, so the n-th ack (a heartbeat with no ``session_id``; task acks carry one) answers the n-th beat.
+A beat still unanswered ``reply_window`` after it went out while the link lives was answered some other way (an
+ERROR) and is no longer waited for, so one refused beat cannot shift every later round trip.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import trio
 
-from ..aip import ClientType, builders
+from ..aip import ClientType, ServerMessage, builders
 from ..aip.client_protocol import Heartbeats
 from ..errors import LinkError
 from .session import ClientSession
+from .state import HeartbeatStats
 
 __all__ = ["keep_alive"]
 
@@ -31,23 +39,47 @@ async def keep_alive(
     interval: float,
     reply_window: float,
     on_missed: Callable[[], None],
+    stats: HeartbeatStats | None = None,
 ) -> None:
     """Send heartbeats until the session ends; end it when one goes unanswered."""
     protocol = session.protocol
     # The schedule starts now, the moment the device is IDLE; liveness keeps what the reader recorded.
     beats = protocol.heartbeats = Heartbeats(interval, reply_window, trio.current_time())
     frame = builders.heartbeat(client_id, ClientType.CONSTELLATION)
+    unanswered: deque[float] = deque(maxlen=64)  # when each beat not yet acked went out (trio time)
+    if stats is not None:
+        _time_acks(session, stats, unanswered)
     while True:
         await trio.sleep_until(beats.wake_at)
         now = trio.current_time()
         dead_at = beats.presumed_dead_at
         # has_unread_data asks the socket: only when the window has closed.
         if dead_at is not None and now >= dead_at and beats.is_dead(now, unread=session.has_unread_data()):
+            if stats is not None:
+                stats.missed += 1
             on_missed()
             session.end(f"no frame within {reply_window:g}s of a heartbeat; link presumed dead")
             return
         if now >= beats.heartbeat_due_at:
+            while unanswered and unanswered[0] < now - reply_window:
+                unanswered.popleft()  # a beat the server answered otherwise (an ERROR): its ack will not come
+            unanswered.append(now)  # before sending: the reader may see the ack before send returns
             try:
                 await session.send(protocol.heartbeat(now, frame))
             except LinkError:
                 return
+            if stats is not None:
+                stats.sent += 1
+
+
+def _time_acks(session: ClientSession, stats: HeartbeatStats, unanswered: deque[float]) -> None:
+    """Time each heartbeat ack against the oldest beat not yet answered, then do what the session did with it."""
+    inner = session.on_heartbeat
+
+    def on_heartbeat(ack: ServerMessage) -> None:
+        if ack.session_id is None and unanswered:
+            stats.round_trip(trio.current_time() - unanswered.popleft())
+        if inner is not None:
+            inner(ack)
+
+    session.on_heartbeat = on_heartbeat

@@ -50,7 +50,7 @@ from .phases import Phase, phase_timeouts, timed_out
 from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
 from .register import RegistrationRejected, is_duplicate, register
 from .session import ClientSession
-from .state import DeviceState
+from .state import DeviceState, HeartbeatStats
 from .tasks import DeviceNotConnected, ErrorType, TaskBook, TaskLane, TaskResult
 from .telemetry import fetch_system_info, merge_system_info
 
@@ -249,6 +249,7 @@ class ConstellationDeviceManager:
         self._timeouts = phase_timeouts(self.settings)
         self._devices: dict[str, _Device] = {}
         self._hub = EventHub(self.settings.event_buffer)
+        self.heartbeat_stats = HeartbeatStats()  # heartbeats sent, missed and their round trips, for metrics
         self._tasks = TaskBook(
             task_name=self.task_name,
             task_queue_size=self.settings.task_queue_size,
@@ -707,6 +708,7 @@ class ConstellationDeviceManager:
             interval=settings.heartbeat_interval,
             reply_window=settings.heartbeat_timeout,
             on_missed=on_missed,
+            stats=self.heartbeat_stats,
         )
 
     def _activate(self, device: _Device, session: ClientSession) -> Callable[[], None]:

@@ -10,12 +10,15 @@ subscribing to events; being frozen, a snapshot can be handed to another thread 
 
 from __future__ import annotations
 
+import bisect
+from typing import Final
+
 import msgspec
 
 from .phases import Phase
 from .profile import DeviceStatus
 
-__all__ = ["DeviceState"]
+__all__ = ["HEARTBEAT_RTT_BUCKETS", "DeviceState", "HeartbeatStats"]
 
 
 class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,3 +44,27 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
     queue_depth: int
     current_task: str | None
     idle_since: float | None
+
+
+#: Upper bounds (seconds) of the heartbeat round-trip buckets: a loopback link answers in well under a millisecond,
+#: a loaded manager (thousands of devices) reads a reply late by up to the heartbeat timeout.
+HEARTBEAT_RTT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class HeartbeatStats:
+    """One manager's heartbeats since it started (``manager.heartbeat_stats``), for metrics: ``sent``, ``missed``
+    (no frame within ``heartbeat_timeout``: the link was dropped) and every round trip, from a heartbeat to its
+    ack (trio seconds), as ``rtt_count``/``rtt_sum`` and counts per :data:`HEARTBEAT_RTT_BUCKETS` bucket (not
+    cumulative; the last one is above every bound)."""
+
+    __slots__ = ("missed", "rtt_buckets", "rtt_count", "rtt_sum", "sent")
+
+    def __init__(self) -> None:
+        self.sent = self.missed = self.rtt_count = 0
+        self.rtt_sum = 0.0
+        self.rtt_buckets = [0] * (len(HEARTBEAT_RTT_BUCKETS) + 1)
+
+    def round_trip(self, seconds: float) -> None:
+        self.rtt_buckets[bisect.bisect_left(HEARTBEAT_RTT_BUCKETS, seconds)] += 1
+        self.rtt_count += 1
+        self.rtt_sum += seconds

@@ -27,6 +27,7 @@ from .drivers import default_driver
 from .rules import shown
 from .sessions import SessionDriver
 from .settings import ServerSettings
+from .stats import ServerStats
 
 __all__ = ["AIP_PATH", "AIPServer", "serve_aip"]
 
@@ -83,6 +84,11 @@ class AIPServer:
         if record is None or record.role is not ClientType.DEVICE:
             return None
         return self._ctx.registry.load(record)
+
+    @property
+    def stats(self) -> ServerStats:
+        """Frames in and out, and frames refused by rule, since the server started (read-only use)."""
+        return self._ctx.stats
 
     def running_sessions(self) -> dict[str, str]:
         """session_id → the device it runs (or waits) on, for every session not yet ended."""

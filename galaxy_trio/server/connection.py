@@ -14,7 +14,7 @@ told and closed, and the socket is closed with a code and a reason. No connectio
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import trio
@@ -34,6 +34,7 @@ from . import rules
 from .clients import ClientRecord, ClientRegistry
 from .sessions import Session, SessionDriver, deliver_command_results
 from .settings import ServerSettings
+from .stats import ServerStats
 
 __all__ = ["ServerContext", "handle_connection"]
 
@@ -52,11 +53,12 @@ class ServerContext:
     registry: ClientRegistry
     settings: ServerSettings
     driver: SessionDriver
+    stats: ServerStats = field(default_factory=ServerStats)
 
 
 async def handle_connection(ctx: ServerContext, link: ServerLink, remote: str) -> None:
     """Serve one accepted link until it closes; the link is closed when this returns."""
-    await _Connection(ctx, link, remote).run()
+    await _Connection(ctx, ctx.stats.count(link), remote).run()
 
 
 class _Connection:
@@ -146,6 +148,7 @@ class _Connection:
             try:
                 frame = await self._link.receive()
             except BinaryFrame:
+                ctx.stats.reject("binary")
                 logger.warning("%s sent a binary first frame; closing", self._remote)
                 await self._refuse(BINARY_FRAME_ERROR, CLOSE_UNSUPPORTED_DATA, "binary frame")
                 return None
@@ -162,6 +165,7 @@ class _Connection:
             frame, ctx.registry.clients, max_client_id_length=ctx.settings.max_client_id_length
         )
         if isinstance(decision, rules.Rejection):
+            ctx.stats.reject("register")
             logger.warning("registration from %s refused: %s", self._remote, decision.error)
             await self._refuse(decision.error, decision.close_code, decision.close_reason)
             return None
@@ -195,6 +199,7 @@ class _Connection:
             try:
                 frame = await link.receive()
             except BinaryFrame as exc:
+                self._ctx.stats.reject("binary")
                 logger.warning("%s sent a binary frame (%d bytes); closing", self._who, exc.size)
                 self._stop(BINARY_FRAME_ERROR, CLOSE_UNSUPPORTED_DATA, "binary frame")
                 return
@@ -206,10 +211,12 @@ class _Connection:
         try:
             msg = decode_client_message(frame)
         except AIPDecodeError as exc:
+            self._ctx.stats.reject("decode")
             await self._reply_error(str(exc))
             return
         mismatch = rules.check_identity(msg, record)
         if mismatch is not None:
+            self._ctx.stats.reject("identity")
             await self._reply_error(mismatch)
             return
         try:
@@ -232,6 +239,7 @@ class _Connection:
         elif kind is ClientMessageType.DEVICE_INFO_REQUEST:
             answer = rules.check_device_info(msg, record, self._ctx.registry.clients)
             if isinstance(answer, str):
+                self._ctx.stats.reject("device_info")
                 await self._reply_error(answer)
             else:
                 await self._send(builders.device_info_response(msg.request_id, answer.result))
@@ -242,13 +250,16 @@ class _Connection:
         elif kind is ClientMessageType.DEVICE_INFO_RESPONSE:
             logger.info("%s sent a device_info_response; nothing asked for it, ignored", self._who)
         else:  # register again, task_end
+            self._ctx.stats.reject("unknown_type")
             await self._reply_error(rules.unknown_type(kind))
 
     def _on_command_results(self, record: ClientRecord, msg: ClientMessage) -> None:
         """Feed the waiting COMMAND. Never answered, as UFO's clients expect (§7): unmatched results are dropped."""
         if record.role is not ClientType.DEVICE:
+            self._ctx.stats.reject("command_results")
             logger.warning("dropped command_results from %s: only devices execute commands", self._who)
         elif not deliver_command_results(record, msg):
+            self._ctx.stats.reject("command_results")
             logger.warning(
                 "dropped command_results from %s: no COMMAND %s is waiting in session %s",
                 self._who,
@@ -267,6 +278,7 @@ class _Connection:
             max_tasks_per_device=ctx.settings.max_tasks_per_device,
         )
         if isinstance(plan, str):
+            ctx.stats.reject("task")
             await self._reply_error(plan)
             return
         device = registry.get(plan.device_id)

@@ -221,8 +221,8 @@ def _alias_problem(text: str, loader: type[yaml.SafeLoader] | type[yaml.CSafeLoa
                 if expanded > MAX_ALIAS_NODES:
                     mark = event.start_mark
                     message = (
-                        f"aliases expand this document past {MAX_ALIAS_NODES:,} nodes (here *{event.anchor}, of"
-                        f" {count:,} nodes, from the anchor &{event.anchor}); refusing it, as an alias bomb would be"
+                        f"the alias *{event.anchor} repeats the {count:,} nodes of anchor &{event.anchor}, and aliases"
+                        f" now add over {MAX_ALIAS_NODES:,} nodes to this document; refusing it (an alias bomb?)"
                     )
                     if mark is None:
                         return ConfigProblem(message=message)
@@ -636,7 +636,7 @@ class _Loader:
         """``message`` with a hint when a plain YAML scalar was read as something else than the text wanted."""
         if rule is None or rule.kind not in ("str", "opt_str") or not message.startswith("expected a string"):
             return message
-        if not isinstance(node, ScalarNode) or node.style is not None or node.tag == _STR_TAG:
+        if not isinstance(node, ScalarNode) or node.style not in (None, "") or node.tag == _STR_TAG:
             return message
         text = str(node.value)
         if node.tag == _BOOL_TAG:

@@ -99,7 +99,7 @@ def load_constellation(
         else:
             if not problems:
                 return config
-    raise ConfigError(problems)
+    raise ConfigError(sorted(problems, key=lambda p: (p.file != source, p.line or 0)))
 
 
 def _device_info(loader: _Loader, value: object, line: int) -> str | None:

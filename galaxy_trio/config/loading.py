@@ -402,12 +402,13 @@ class _Loader:
     def place_setting_problem(self, problem: ConfigProblem, given: dict[str, _Given], default_line: int | None) -> None:
         """A problem of ManagerSettings, at the place its value came from (the cap's falls back on the delay's)."""
         name = problem.field or ""
-        item = given.get(name) or given.get("reconnect_delay")
+        item = given.get(name)
+        field = f"manager.{name}" if item is None else item.field
+        item = item or given.get("reconnect_delay")  # an unset backoff_cap: the delay made it wrong
         if item is None:
-            self.problem(default_line, problem.message, field=f"manager.{name}")
+            self.problem(default_line, problem.message, field=field)
             return
         message = problem.message if item.node is None else self.hinted(MANAGER_RULES[name], item.node, problem.message)
-        field = item.field if item.field.rpartition(".")[2] == name else f"manager.{name}"
         self.problems.append(ConfigProblem(message=message, file=item.file, line=item.line, field=field))
 
     def add_setting(self, given: dict[str, _Given], name: str, item: _Given) -> None:

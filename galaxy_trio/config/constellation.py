@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .loading import MAX_CONFIG_BYTES, RunChecks, Setting, _Loader, load_config, read_text
+from .loading import MAX_CONFIG_BYTES, RunChecks, Setting, ConfigWalker, load_config, read_text
 from .model import GalaxyConfig
 from .rules import ConfigError, Rule, non_empty
 
@@ -57,7 +57,7 @@ def load_constellation(
     reported at once, each naming its file and line.
     """
     source = os.fspath(path)
-    loader = _Loader(source, None)
+    loader = ConfigWalker(source, None)
     root = loader.compose(read_text(source, max_bytes), max_bytes)
     try:
         fields = None
@@ -102,7 +102,7 @@ def load_constellation(
     raise ConfigError(sorted(problems, key=lambda p: (p.file != source, p.line or 0)))
 
 
-def _device_info(loader: _Loader, value: object, line: int) -> str | None:
+def _device_info(loader: ConfigWalker, value: object, line: int) -> str | None:
     if not isinstance(value, str) or not value:
         got = "empty" if value == "" else type(value).__name__
         loader.problem(line, f"expected the path of the devices file, got {got}", field="DEVICE_INFO")

@@ -74,6 +74,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
 
 
 class RunChecks(NamedTuple):
@@ -155,7 +156,7 @@ def parse_config(
     A relative ``ca_file`` is joined to ``base_dir`` and must exist there; with ``base_dir=None`` it is kept as
     written (relative to the working directory) and not checked.
     """
-    loader = _Loader(source, None if base_dir is None else Path(base_dir))
+    loader = ConfigWalker(source, None if base_dir is None else Path(base_dir))
     loader.external = dict(settings or {})
     loader.run = run
     return loader.load(text, max_bytes)
@@ -290,7 +291,7 @@ class _Given(NamedTuple):
     node: Node | None = None
 
 
-class _Loader:
+class ConfigWalker:
     """One load: walks the composed node tree, collecting problems; builds the Structs only when there are none."""
 
     def __init__(self, source: str, base_dir: Path | None) -> None:
@@ -619,8 +620,20 @@ class _Loader:
         return tuple(items) if ok else None
 
     def construct(self, node: Node, path: str, device: str | None) -> Any:
-        if isinstance(node, ScalarNode) and node.tag == _STR_TAG:
-            return node.value  # the common case, without the constructor's bookkeeping
+        # The common cases without the constructor's bookkeeping: text, decimal integers, booleans, and mappings
+        # of text to text (metadata). Everything else (floats, timestamps, !tags, merges) goes to PyYAML.
+        if isinstance(node, ScalarNode):
+            tag, text = node.tag, node.value
+            if tag == _STR_TAG:
+                return text
+            if tag == _INT_TAG and text.isdecimal() and (text == "0" or text[0] != "0"):
+                return int(text)
+            if tag == _BOOL_TAG:
+                return self.yaml.bool_values[text.lower()]
+        elif isinstance(node, MappingNode) and all(
+            key.tag == _STR_TAG and value.tag == _STR_TAG and isinstance(value, ScalarNode) for key, value in node.value
+        ):
+            return {key.value: value.value for key, value in node.value}
         try:
             return self.yaml.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:

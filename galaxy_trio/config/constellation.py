@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .loading import MAX_CONFIG_BYTES, RunChecks, Setting, ConfigWalker, load_config, read_text
+from .loading import MAX_CONFIG_BYTES, ConfigWalker, RunChecks, Setting, load_config, read_text
 from .model import GalaxyConfig
 from .rules import ConfigError, Rule, non_empty
 

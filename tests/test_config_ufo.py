@@ -247,3 +247,10 @@ def test_run_with_ufos_constellation_brings_its_devices_up(tmp_path: Path) -> No
 
 def test_shipped_config_still_loads() -> None:
     assert load_config(REPO / "config" / "devices.yaml").local is True
+
+
+@pytest.mark.parametrize("value", ['"fast"', "true", ".inf", "-3"])
+def test_a_bad_reconnect_delay_is_reported_not_raised(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"reconnect_delay: {value}\n" + PLAIN_DEVICES)
+    assert [(p.line, p.field) for p in info.value.problems] == [(1, "reconnect_delay")]

@@ -390,8 +390,10 @@ class ConfigWalker:
         if not given:
             return _DEFAULT_MANAGER
         values = {name: item.value for name, item in given.items()}
-        if "backoff_cap" not in values and values.get("reconnect_delay", 0) > _DEFAULT_MANAGER.backoff_cap:
-            values["backoff_cap"] = values["reconnect_delay"]  # UFO's reconnect_delay may exceed our default cap
+        delay = values.get("reconnect_delay")
+        if "backoff_cap" not in values and field_problem(MANAGER_RULES["reconnect_delay"], delay) is None:
+            if delay > _DEFAULT_MANAGER.backoff_cap:  # UFO's reconnect_delay may exceed our default cap
+                values["backoff_cap"] = delay
         try:
             return ManagerSettings(**values)
         except ConfigError as exc:

@@ -390,7 +390,7 @@ class ConfigWalker:
         if not given:
             return _DEFAULT_MANAGER
         values = {name: item.value for name, item in given.items()}
-        delay = values.get("reconnect_delay")
+        delay: Any = values.get("reconnect_delay")
         if "backoff_cap" not in values and field_problem(MANAGER_RULES["reconnect_delay"], delay) is None:
             if delay > _DEFAULT_MANAGER.backoff_cap:  # UFO's reconnect_delay may exceed our default cap
                 values["backoff_cap"] = delay

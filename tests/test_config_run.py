@@ -259,3 +259,50 @@ def test_a_plain_scalar_read_as_another_type_gets_a_hint_to_quote_it(line: str, 
 def test_a_problem_with_a_column_shows_it() -> None:
     assert str(ConfigProblem(message="m", file="f.yaml", line=3, column=7)) == "f.yaml:3:7: m"
     assert str(ConfigProblem(message="m", line=3, column=7)) == "line 3:7: m"
+
+
+# --- the streaming walk: YAML semantics as PyYAML's composer has them -------------------------------------------
+
+
+@pytest.mark.usefixtures("yaml_backend")
+def test_anchors_defined_in_one_device_serve_later_ones() -> None:
+    text = textwrap.dedent(
+        """\
+        devices:
+          - &first
+            device_id: a
+            server_url: ws://127.0.0.1:5005/ws
+            os: linux
+          - <<: *first
+            device_id: b
+        """
+    )
+    a, b = parse_config(text).devices
+    assert (b.device_id, b.server_url, b.os) == ("b", a.server_url, "linux")
+
+
+@pytest.mark.usefixtures("yaml_backend")
+def test_an_anchored_devices_list_is_walked_whole() -> None:
+    text = "devices: &fleet\n  - device_id: a\n    server_url: ws://127.0.0.1:5005/ws\nx-again: *fleet\n"
+    assert [d.device_id for d in parse_config(text).devices] == ["a"]
+
+
+@pytest.mark.usefixtures("yaml_backend")
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("devices:\n  - device_id: a\n    server_url: *nowhere\n", 3, "found undefined alias 'nowhere'"),
+        ("x-a: &a 1\nx-b: &a 2\ndevices: []\n", 2, "found duplicate anchor 'a'"),
+        (fleet("ws://127.0.0.1:5005/ws") + "---\nlocal: true\n", 4, "expected a single document"),
+    ],
+)
+def test_composition_errors_are_reported_at_their_line(text: str, line: int, fragment: str) -> None:
+    (problem,) = problems_of(text)
+    assert problem.line == line and fragment in problem.message
+
+
+def test_a_syntax_error_after_bad_devices_is_the_only_problem_reported() -> None:
+    # What was walked before a syntax error may be misread: only the error is reported, as before streaming.
+    text = fleet("http://127.0.0.1:5005/ws") + "  - device_id: [\n"
+    (problem,) = problems_of(text)
+    assert problem.message.startswith("invalid YAML")

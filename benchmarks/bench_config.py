@@ -1,10 +1,8 @@
 """Loading a large ``devices.yaml``: time and peak memory, under three garbage-collector settings.
 
-The loader composes the YAML into a node tree (a few objects per scalar). With the collector's default thresholds,
-full collections rescan that growing tree; the library leaves the collector alone (a library call must not change
-process-wide state), and a process that loads huge files may tune it itself, as the CLI does with
-``galaxy_trio.runtime.tune_gc()``. This prints what each setting costs, each load in a fresh subprocess (peak RSS
-is per process)::
+The loader composes one device entry at a time from the parser's events and drops its nodes once the entry is a
+Struct, and leaves the collector alone (a library call must not change process-wide state). This prints what each
+collector setting costs, each load in a fresh subprocess (peak RSS is per process)::
 
     PYTHONPATH=$PWD python benchmarks/bench_config.py --mib 1 7.9
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import importlib.util
 import logging
 import os
@@ -17,8 +16,8 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -335,26 +334,9 @@ def _load_for_run(args: argparse.Namespace) -> GalaxyConfig:
     run = RunChecks(local=bool(args.local))
     if args.constellation is None and args.config is None:
         raise UsageError("give CONFIG (a devices.yaml), or --constellation FILE (UFO's constellation.yaml)")
-    with _collector_paused():
-        if args.constellation is not None:
-            return load_constellation(args.constellation, args.config, run=run)
-        return load_config(args.config, run=run)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a config loads (this process's choice; the library leaves it alone).
-
-    The loader's YAML node tree is a few tracked objects per value, and collections rescan it as it grows: a
-    7.9 MiB file loads several times faster without them (benchmarks/bench_config.py). It makes no cycles.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    if args.constellation is not None:
+        return load_constellation(args.constellation, args.config, run=run)
+    return load_config(args.config, run=run)
 
 
 async def _check(args: argparse.Namespace) -> int:

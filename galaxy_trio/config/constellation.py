@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .loading import MAX_CONFIG_BYTES, ConfigWalker, RunChecks, Setting, load_config, read_text
 from .model import GalaxyConfig
-from .rules import ConfigError, Rule, non_empty
+from .rules import ConfigError, Rule, non_empty, type_name
 
 __all__ = ["CONSTELLATION_KEYS", "load_constellation"]
 
@@ -104,7 +104,7 @@ def load_constellation(
 
 def _device_info(loader: ConfigWalker, value: object, line: int) -> str | None:
     if not isinstance(value, str) or not value:
-        got = "empty" if value == "" else type(value).__name__
+        got = "an empty string" if value == "" else type_name(value)
         loader.problem(line, f"expected the path of the devices file, got {got}", field="DEVICE_INFO")
         return None
     return value

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import trio
 import yaml
 
 from galaxy_trio.cli import main
@@ -306,3 +307,25 @@ def test_a_syntax_error_after_bad_devices_is_the_only_problem_reported() -> None
     text = fleet("http://127.0.0.1:5005/ws") + "  - device_id: [\n"
     (problem,) = problems_of(text)
     assert problem.message.startswith("invalid YAML")
+
+
+def test_local_mode_in_code_refuses_by_the_same_rules_before_anything_starts() -> None:
+    from galaxy_trio.config import DeviceConfig
+    from galaxy_trio.config.rules import local_mode_problem
+    from galaxy_trio.local import LocalModeError, open_local_fleet
+
+    devices = [  # never listened on: the refusal comes before any server starts
+        DeviceConfig(device_id="a", server_url="ws://127.0.0.1:5005/api"),
+        DeviceConfig(device_id="b", server_url="ws://localhost:5006/ws"),
+        DeviceConfig(device_id="c", server_url="ws://127.0.0.1:5006/ws"),
+    ]
+
+    async def start() -> None:
+        async with open_local_fleet(devices):
+            pass  # pragma: no cover - never reached
+
+    with pytest.raises(LocalModeError) as info:
+        trio.run(start)
+    text = str(info.value)
+    assert f"device 'a': {local_mode_problem(devices[0].server_url)}" in text
+    assert "device 'c': host '127.0.0.1' and 'localhost' (device 'b') are the same address on port 5006" in text

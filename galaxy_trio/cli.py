@@ -116,7 +116,7 @@ def _add_run(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser(
         "run", parents=[common], help="bring every device in CONFIG to IDLE and keep it there until Ctrl-C"
     )
-    run.add_argument("config", help="devices.yaml")
+    _add_config_arguments(run)
     run.add_argument(
         "--local",
         action="store_true",
@@ -155,9 +155,21 @@ def _add_status(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="print the fleet as a JSON array on stdout")
 
 
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG, or UFO's constellation.yaml naming it (``run`` and ``check`` read a config the same way)."""
+    parser.add_argument("config", nargs="?", help="devices.yaml (ours or UFO Galaxy's)")
+    parser.add_argument(
+        "--constellation",
+        metavar="FILE",
+        help="UFO Galaxy's config/galaxy/constellation.yaml: its settings, and its DEVICE_INFO as CONFIG when CONFIG"
+        " is not given (a relative DEVICE_INFO is taken from the current directory, as UFO does)",
+    )
+
+
 def _add_check(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
-    check = sub.add_parser("check", parents=[common], help="validate CONFIG and print every problem")
-    check.add_argument("config", help="devices.yaml")
+    check = sub.add_parser("check", parents=[common], help="validate CONFIG as 'run' would, and print every problem")
+    _add_config_arguments(check)
+    check.add_argument("--local", action="store_true", help="check it for 'run --local' (also: 'local: true')")
 
 
 def _add_serve(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
@@ -334,14 +346,27 @@ def _check_redis(url: str) -> None:
 # --- check -----------------------------------------------------------------------------------------------------
 
 
+def _load_for_run(args: argparse.Namespace) -> GalaxyConfig:
+    """The config ``run`` would use, refused for everything ``run`` would refuse: ``check`` calls this too."""
+    from .config import RunChecks, load_constellation
+
+    run = RunChecks(local=bool(args.local))
+    if args.constellation is None and args.config is None:
+        raise UsageError("give CONFIG (a devices.yaml), or --constellation FILE (UFO's constellation.yaml)")
+    if args.constellation is not None:
+        return load_constellation(args.constellation, args.config, run=run)
+    return load_config(args.config, run=run)
+
+
 async def _check(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = _load_for_run(args)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) in {args.config}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {args.config or args.constellation}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{config.source}: ok, {len(config.devices)} device(s){', local mode' if config.local else ''}")
+    local = args.local or config.local
+    print(f"{config.source}: ok, {len(config.devices)} device(s){', local mode' if local else ''}")
     for device in config.devices:
         print(f"  {device.device_id}: {device.display_url}")
     return EXIT_OK
@@ -389,10 +414,8 @@ async def _run(args: argparse.Namespace) -> int:
         _check_redis(args.redis)
         if args.once:
             raise UsageError("--once does not apply to --redis: a fleet member runs until stopped")
-    config = load_config(args.config)
+    config = _load_for_run(args)
     local = args.local or config.local
-    if not local:
-        _check_tokens(config.devices)
     control = _control_address(args)
     profiles: list[Any] = []
     status = EXIT_OK
@@ -416,7 +439,7 @@ async def _run(args: argparse.Namespace) -> int:
                     )
                 else:
                     status = await _bring_up(
-                        manager, devices, console=args.console, config_path=args.config, once=args.once
+                        manager, devices, console=args.console, config_path=config.source, once=args.once
                     )
             finally:
                 # Snapshot before the manager closes (closing marks every device disconnected).

@@ -2,8 +2,9 @@
 
 ``python -m galaxy_trio run config/devices.yaml`` works on a fresh machine because of this module: for every
 distinct loopback ``server_url`` it starts an AIP server, then one device agent per device, all sharing a token
-generated for this run, and hands the manager device configs that carry that token. Only loopback ``ws://`` URLs
-are served; anything else is refused before anything starts, and a port already in use is a clear error.
+generated for this run, and hands the manager device configs that carry that token. Only loopback ``ws://...:PORT/ws``
+URLs are served (one spelling of an address per port); anything else is refused before anything starts, by the
+rules of :mod:`galaxy_trio.config.rules` (so ``check`` says the same), and a port already in use is a clear error.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 import errno
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -23,6 +23,7 @@ import trio
 from ._nursery import open_service_nursery
 from .agent import DeviceAgent
 from .config import DeviceConfig
+from .config.rules import Endpoint, local_mode_problem, spelling_problems
 from .errors import GalaxyTrioError
 from .redact import url_with_token
 from .server import AIPServer, serve_aip
@@ -45,20 +46,17 @@ class LocalFleet:
     agents: dict[str, DeviceAgent] = field(default_factory=dict)
 
 
-def _check_servable(devices: Iterable[DeviceConfig]) -> None:
-    problems = []
-    for device in devices:
-        scheme = urlsplit(device.server_url).scheme
-        if not device.is_loopback:
-            problems.append(f"device {device.device_id!r}: {device.display_url} is not a loopback address")
-        elif scheme != "ws":
-            problems.append(f"device {device.device_id!r}: local mode serves plain ws://, not {scheme}://")
+def _check_servable(devices: Sequence[DeviceConfig]) -> None:
+    """Refuse what local mode cannot serve, with the rules (and words) ``check`` and ``run`` use for a file."""
+    problems = [
+        f"device {device.device_id!r}: {message}"
+        for device in devices
+        if (message := local_mode_problem(device.server_url)) is not None
+    ]
+    endpoints = [Endpoint(device.device_id, device.host, device.port) for device in devices]
+    problems += [f"device {devices[index].device_id!r}: {text}" for index, text in spelling_problems(endpoints).items()]
     if problems:
-        raise LocalModeError(
-            "local mode only starts servers on this machine:\n  "
-            + "\n  ".join(problems)
-            + "\nrun without --local (and without 'local: true') to connect to servers that already run"
-        )
+        raise LocalModeError("local mode cannot serve this fleet:\n  " + "\n  ".join(problems))
 
 
 @asynccontextmanager

@@ -96,7 +96,7 @@ def test_local_mode_refuses_non_loopback_urls(tmp_path: Path) -> None:
     config = tmp_path / "remote.yaml"
     config.write_text("local: true\ndevices:\n  - device_id: far\n    server_url: ws://192.0.2.10:5005/ws\n")
     done = _cli("run", str(config), "--once")
-    assert done.returncode == 1
+    assert done.returncode == 2  # a config error, found before anything starts (and by `check` too)
     assert "not a loopback address" in done.stderr and "far" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -192,7 +192,7 @@ def test_run_names_an_unset_token_env_variable_in_one_line(tmp_path: Path) -> No
     done = _cli("run", str(config), "--once")
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "error: device 'd': token_env: environment variable 'GALAXY_TRIO_TEST_UNSET_TOKEN' is not set;"
+        f"error: {config}:4: device 'd': token_env: environment variable 'GALAXY_TRIO_TEST_UNSET_TOKEN' is not set;"
         " it must hold this device's token"
     )
 

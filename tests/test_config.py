@@ -10,7 +10,6 @@ import msgspec
 import pytest
 import yaml
 
-from galaxy_trio import config as config_module
 from galaxy_trio.config import (
     ConfigError,
     ConfigProblem,
@@ -20,6 +19,7 @@ from galaxy_trio.config import (
     load_config,
     parse_config,
 )
+from galaxy_trio.config import loading as config_loading
 from galaxy_trio.errors import GalaxyTrioError
 from galaxy_trio.redact import url_token
 
@@ -37,7 +37,7 @@ devices:
 def yaml_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run a test on PyYAML's C parser and on the pure-Python fallback: lines and messages must agree."""
     if request.param == "pure-python":
-        monkeypatch.setattr(config_module, "_YamlLoader", yaml.SafeLoader)
+        monkeypatch.setattr(config_loading, "_YamlLoader", yaml.SafeLoader)
 
 
 def line_of(text: str, marker: str) -> int:
@@ -578,9 +578,9 @@ BAD_INPUTS = [
         "must be >= reconnect_delay (5.0), got 2.0",
     ),
     (
-        "reconnect_delay above default backoff_cap",
-        manager_yaml("reconnect_delay: 60"),
-        "reconnect_delay",
+        "reconnect_delay above an explicit backoff_cap",
+        manager_yaml("reconnect_delay: 60", "backoff_cap: 30"),
+        "backoff_cap",
         None,
         "manager.backoff_cap",
         "must be >= reconnect_delay (60.0), got 30.0",
@@ -935,7 +935,7 @@ def test_structs_built_in_code_are_validated() -> None:
         GalaxyConfig(devices=(device, device), source="fleet.yaml")
     (problem,) = info.value.problems
     assert (problem.file, problem.device, problem.field) == ("fleet.yaml", "x", "devices[1].device_id")
-    assert str(problem) == "fleet.yaml: device 'x': device_id: duplicate device_id 'x'"
+    assert str(problem) == "fleet.yaml: device 'x': device_id: duplicate device_id 'x': already used by devices[0]"
 
 
 def test_structs_built_in_code_are_normalised() -> None:
@@ -1008,3 +1008,10 @@ def test_environment_is_not_consulted_while_loading(monkeypatch: pytest.MonkeyPa
     config = parse_config(device_yaml("token_env: GALAXY_TRIO_ABSENT"))
     assert config.devices[0].token_env == "GALAXY_TRIO_ABSENT"
     assert "GALAXY_TRIO_ABSENT" not in os.environ
+
+
+def test_an_unset_backoff_cap_follows_a_reconnect_delay_above_the_default() -> None:
+    # UFO's reconnect_delay is a plain delay and may exceed our default cap (30 s): the cap follows it then.
+    settings = parse_config(manager_yaml("reconnect_delay: 60")).manager
+    assert (settings.reconnect_delay, settings.backoff_cap) == (60.0, 60.0)
+    assert parse_config(manager_yaml("reconnect_delay: 5")).manager.backoff_cap == 30.0

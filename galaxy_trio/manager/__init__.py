@@ -1,6 +1,6 @@
 """The constellation side: ConstellationDeviceManager and the five phases it drives.
 
-Phase by file: 1 ``galaxy_trio/config.py`` (YAML → DeviceConfig), 2 ``connect.py``, 3 ``register.py``,
+Phase by file: 1 ``galaxy_trio/config/`` (YAML → DeviceConfig), 2 ``connect.py``, 3 ``register.py``,
 4 ``telemetry.py``, 5 ``activate.py``; ``device_manager.py`` runs them per device, ``tasks.py`` runs tasks,
 ``state.py`` is the :class:`DeviceState` snapshot.
 """

@@ -28,7 +28,7 @@ import trio
 
 from ._nursery import open_service_nursery
 from .aip.client_protocol import REFUSED_HINT
-from .config import ConfigError, DeviceConfig, GalaxyConfig, load_config
+from .config import ConfigError, DeviceConfig, GalaxyConfig, ManagerSettings, load_config
 from .errors import GalaxyTrioError
 from .redact import redact_url, url_token
 from .runtime import freeze_settled_objects, tune_gc
@@ -375,7 +375,7 @@ async def _check(args: argparse.Namespace) -> int:
 # --- run ---------------------------------------------------------------------------------------------------------
 
 
-def _manager_settings(config: GalaxyConfig) -> Any:
+def _manager_settings(config: GalaxyConfig) -> ManagerSettings:
     """The manager's settings for ``run``: a supervisor re-probes FAILED devices (every 60 s unless configured).
 
     The library leaves a FAILED device FAILED (the flow document's semantics); ``run`` keeps a fleet up until
@@ -383,8 +383,7 @@ def _manager_settings(config: GalaxyConfig) -> Any:
     config turns the re-probe off.
     """
     settings = config.manager
-    fields = getattr(type(settings), "__struct_fields__", ())
-    if "failed_retry_interval" in fields and getattr(settings, "failed_retry_interval", None) is None:
+    if settings.failed_retry_interval is None:
         settings = msgspec.structs.replace(settings, failed_retry_interval=RUN_FAILED_RETRY_INTERVAL)
     return settings
 

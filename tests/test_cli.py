@@ -343,19 +343,17 @@ async def test_task_with_a_wrong_token_says_token_wrong_or_missing(tmp_path: Pat
     assert "wrong" not in err.replace("is wrong or missing", "")  # the token itself never shows
 
 
-def test_run_treats_an_unset_failed_retry_interval_as_60_seconds_and_keeps_a_set_one() -> None:
-    import msgspec
+def test_run_treats_an_unset_failed_retry_interval_as_60_seconds_and_keeps_a_set_one(tmp_path: Path) -> None:
+    from galaxy_trio.config import load_config
 
-    class Settings(msgspec.Struct, frozen=True):  # the agreed ManagerSettings field, whatever else it holds
-        failed_retry_interval: float | None = None
+    def settings_for(line: str) -> float | None:
+        config = tmp_path / "devices.yaml"
+        config.write_text(f"manager:\n{line}devices:\n  - device_id: d\n    server_url: ws://127.0.0.1:5005/ws\n")
+        return cli._manager_settings(load_config(config)).failed_retry_interval
 
-    class Config(msgspec.Struct):
-        manager: Settings
-
-    unset = cli._manager_settings(Config(Settings()))  # type: ignore[arg-type]
-    assert unset.failed_retry_interval == cli.RUN_FAILED_RETRY_INTERVAL == 60.0
-    assert cli._manager_settings(Config(Settings(0.0))).failed_retry_interval == 0.0  # type: ignore[arg-type]
-    assert cli._manager_settings(Config(Settings(5.0))).failed_retry_interval == 5.0  # type: ignore[arg-type]
+    assert settings_for("") == cli.RUN_FAILED_RETRY_INTERVAL == 60.0
+    assert settings_for("  failed_retry_interval: 0\n") == 0.0
+    assert settings_for("  failed_retry_interval: 5\n") == 5.0
 
 
 def test_serve_says_when_the_host_is_not_an_address_of_this_machine(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import http
 import logging
 import re
@@ -313,7 +314,35 @@ async def _serve_connection(
     except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
         logger.warning("a connection from %s failed in the transport and was dropped: %r", remote, exc)
     finally:
-        await trio.aclose_forcefully(link_stream)
+        if link_stream is stream:
+            stream.socket.close()  # (a no-op once the link dropped it; no cancel scope for a plain socket)
+        else:
+            await trio.aclose_forcefully(link_stream)
+
+
+#: accept() errors that mean "out of descriptors or memory for now": wait and accept again, as trio.serve_listeners.
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    code for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if (code := getattr(errno, name, None)) is not None
+)
+_ACCEPT_RETRY_S: Final = 0.1
+
+
+async def _accept_loop(
+    listener: trio.SocketListener, connections: trio.Nursery, serve: Callable[[trio.SocketStream], Awaitable[None]]
+) -> NoReturn:
+    """trio.serve_listeners' loop without its per-connection wrapper (whose ``aclose_forcefully`` costs a
+    cancelled cancel scope per connection): each connection task closes its own socket."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error("accept failed (%s); accepting again in %g s", exc.strerror, _ACCEPT_RETRY_S)
+                await trio.sleep(_ACCEPT_RETRY_S)
+            else:
+                connections.start_soon(serve, stream)
 
 
 async def serve_links(
@@ -335,9 +364,10 @@ async def serve_links(
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     serve = partial(_serve_connection, handler, ssl_context, max_message_size, handshake_deadline)
-    # Connection tasks live in a nursery of their own, which outlives the listener inside it.
+    # Connection tasks live in a nursery of their own, which outlives the listeners inside it.
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(trio.serve_listeners, serve, listeners, handler_nursery=connections))
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, connections, serve)
             task_status.started(bound)
-    raise RuntimeError("the WebSocket server stopped serving")  # serve_listeners only ends by cancellation
+    raise RuntimeError("the WebSocket server stopped serving")  # the accept loops only end by cancellation

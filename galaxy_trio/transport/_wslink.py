@@ -146,16 +146,28 @@ class WsLink:
         try:
             while True:
                 for event in self._ws.events():
+                    # wsproto yields exactly these classes: ``type(...) is`` spares ABCMeta's isinstance per frame.
                     # Once the link is over (an oversized message, our close), what follows is not delivered.
-                    if isinstance(event, TextMessage | BytesMessage) and self._state is LinkState.OPEN:
+                    if type(event) is TextMessage or type(event) is BytesMessage:
+                        if self._state is not LinkState.OPEN:
+                            continue
+                        if (
+                            type(event) is TextMessage
+                            and event.message_finished
+                            and self._parts is None
+                            and self._size == 0
+                            and len(event.data) <= self._max_message_size
+                        ):
+                            return event.data  # a whole text frame, the common case
                         message = await self._collect(event)
                         if message is not None:
                             return message
-                    elif isinstance(event, Ping) and self._state is LinkState.OPEN:
-                        await self._send_event(event.response())
-                    elif isinstance(event, Pong):
+                    elif type(event) is Ping:
+                        if self._state is LinkState.OPEN:
+                            await self._send_event(event.response())
+                    elif type(event) is Pong:
                         self._on_pong(bytes(event.payload))
-                    elif isinstance(event, CloseConnection):
+                    elif type(event) is CloseConnection:
                         await self._on_close(event)
                 if self._state is not LinkState.OPEN:
                     raise self._closed_error()

@@ -31,7 +31,7 @@ from ..errors import BinaryFrame, LinkClosed
 from ._errors import STREAM_ERRORS
 from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE
 
-__all__ = ["RECEIVE_BYTES", "LinkState", "WsLink", "clip_reason"]
+__all__ = ["RECEIVE_BYTES", "LinkState", "WsLink", "clip_reason", "text_frame"]
 
 #: Bytes asked of the socket per read. AIP frames are mostly under 1 KiB; a list_tools result is a few KiB.
 RECEIVE_BYTES: Final = 16 * 1024
@@ -134,6 +134,45 @@ class WsLink:
 
     async def send_text(self, text: str) -> None:
         await self._send_event(TextMessage(data=text))
+
+    async def _send_event(self, event: Event, *, closing: bool = False) -> None:
+        """Encode and write one event under the send lock; ``closing`` lets the close frame itself through.
+
+        An uncontended lock is taken without a schedule point of its own (``send_all`` has one): one task switch
+        per frame instead of two. Errors are mapped inline, not through ``map_exceptions``: this is every frame.
+        A whole text message on an open connection is framed by :func:`text_frame` (wsproto's general framing
+        path is several times slower); everything else, and every state check, goes through wsproto.
+        """
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            if self._state is not LinkState.OPEN and not closing:
+                raise self._closed_error()
+            # A cancellation seen here has sent nothing; past this point, one can cut a frame in half.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            ws = self._ws
+            if type(event) is TextMessage and event.message_finished and ws.state is ConnectionState.OPEN:
+                data: bytes | bytearray = text_frame(event.data.encode(), masked=ws.client)
+            else:
+                try:
+                    data = ws.send(event)
+                except LocalProtocolError as exc:  # our close went out, or the connection is over
+                    raise LinkClosed() from exc
+            try:
+                await self._stream.send_all(data)
+            except STREAM_ERRORS as exc:  # the peer went away
+                self._end(None, None)
+                raise LinkClosed() from exc
+            except trio.Cancelled:
+                # Cancelled part-way through a frame: nothing more may be written on this stream, not even a close.
+                if not self._end(None, "a send was interrupted"):
+                    self._close_code, self._close_reason = None, "a send was interrupted"
+                raise
+        finally:
+            lock.release()
 
     async def receive(self) -> str:
         """The next text frame. Raises :class:`LinkClosed` when the link ends, :class:`BinaryFrame` on binary.
@@ -258,39 +297,6 @@ class WsLink:
     def _closed_error(self) -> LinkClosed:
         return LinkClosed(self._close_code, self._close_reason)
 
-    async def _send_event(self, event: Event, *, closing: bool = False) -> None:
-        """Encode and write one event under the send lock; ``closing`` lets the close frame itself through.
-
-        An uncontended lock is taken without a schedule point of its own (``send_all`` has one): one task switch
-        per frame instead of two. Errors are mapped inline, not through ``map_exceptions``: this is every frame.
-        """
-        lock = self._send_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            if self._state is not LinkState.OPEN and not closing:
-                raise self._closed_error()
-            # A cancellation seen here has sent nothing; past this point, one can cut a frame in half.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError as exc:  # our close went out, or the connection is over
-                raise LinkClosed() from exc
-            try:
-                await self._stream.send_all(data)
-            except STREAM_ERRORS as exc:  # the peer went away
-                self._end(None, None)
-                raise LinkClosed() from exc
-            except trio.Cancelled:
-                # Cancelled part-way through a frame: nothing more may be written on this stream, not even a close.
-                if not self._end(None, "a send was interrupted"):
-                    self._close_code, self._close_reason = None, "a send was interrupted"
-                raise
-        finally:
-            lock.release()
-
     async def aclose(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
         """Close with a closing handshake, bounded by :data:`CLOSE_GRACE` and shielded from cancellation.
 
@@ -337,6 +343,27 @@ class WsLink:
                 await stream.aclose()
             except STREAM_ERRORS:
                 pass
+
+
+def text_frame(payload: bytes, *, masked: bool) -> bytes:
+    """One whole text frame (FIN, opcode 1) carrying ``payload``, masked with a fresh key when ``masked`` (a
+    client's frames, RFC 6455 §5.3). The XOR runs over the payload as one big integer."""
+    size = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        header = bytes((0x81, mask_bit | size))
+    elif size < 1 << 16:
+        header = bytes((0x81, mask_bit | 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, mask_bit | 127)) + size.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    key = os.urandom(4)
+    if not size:
+        return header + key
+    keystream = (key * (size // 4 + 1))[:size]
+    body = (int.from_bytes(payload, "little") ^ int.from_bytes(keystream, "little")).to_bytes(size, "little")
+    return header + key + body
 
 
 def clip_reason(reason: str | None) -> str | None:

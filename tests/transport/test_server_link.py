@@ -13,12 +13,14 @@ import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType
-from wsproto.events import Request
+from wsproto.connection import Connection
+from wsproto.events import Request, TextMessage
 from wsproto.handshake import H11Handshake
 
 from galaxy_trio.errors import LinkClosed
 from galaxy_trio.transport import LinkRequest, ServerLink, open_link, serve_links
 from galaxy_trio.transport import client as client_module
+from galaxy_trio.transport._wslink import text_frame
 from galaxy_trio.transport.client import _request_parts, check_upgrade_response
 from galaxy_trio.transport.server import (
     MAX_REQUEST_HEAD,
@@ -182,6 +184,7 @@ async def test_ping_returns_once_the_peer_pongs_and_raises_when_the_link_closes(
 ) -> None:
     links: list[ServerLink] = []
     pinged = trio.Event()
+    client_stopped_reading = trio.Event()
     done = trio.Event()
 
     async def serve(request: LinkRequest) -> None:
@@ -198,6 +201,7 @@ async def test_ping_returns_once_the_peer_pongs_and_raises_when_the_link_closes(
             with trio.fail_after(GUARD):
                 await link.ping()  # the client's receiving task answers it; our reader sees the pong
             pinged.set()
+            await client_stopped_reading.wait()
             with pytest.raises(LinkClosed), trio.fail_after(GUARD):
                 await link.ping()  # never answered: the client stopped reading and then closes
         done.set()
@@ -208,6 +212,7 @@ async def test_ping_returns_once_the_peer_pongs_and_raises_when_the_link_closes(
                 nursery.start_soon(client.receive)
                 await pinged.wait()
                 nursery.cancel_scope.cancel()
+            client_stopped_reading.set()
             await trio.sleep(1)  # the second ping is in flight, unanswered
         with trio.fail_after(GUARD):
             await done.wait()
@@ -231,3 +236,21 @@ async def test_an_ip_literal_is_connected_without_the_resolver(
     assert client_module._ip_family("127.0.0.1") is not None
     assert client_module._ip_family("::1") is not None
     assert client_module._ip_family("localhost") is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70001])
+@pytest.mark.parametrize("masked", [True, False])
+def test_text_frames_framed_here_are_what_wsproto_decodes(size: int, masked: bool) -> None:
+    """Our own framing of whole text messages (both length forms' edges, masked as a client or not as a server)."""
+    text = ("é€" * size)[:size]
+    receiver = Connection(ConnectionType.SERVER if masked else ConnectionType.CLIENT)
+    receiver.receive_data(text_frame(text.encode(), masked=masked))
+    parts = list(receiver.events())
+    assert all(isinstance(part, TextMessage) for part in parts)
+    assert "".join(part.data for part in parts if isinstance(part, TextMessage)) == text
+    assert parts[-1].message_finished  # type: ignore[union-attr]
+
+
+def test_a_masked_frame_uses_a_fresh_key_each_time() -> None:
+    first, second = (text_frame(b"same payload", masked=True) for _ in range(2))
+    assert first[:2] == second[:2] == bytes((0x81, 0x80 | 12)) and first[2:6] != second[2:6]

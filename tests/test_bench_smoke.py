@@ -333,24 +333,31 @@ def test_floor_reports_both_clients_and_their_ratio(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_server_compares_two_checkouts_in_one_run(tmp_path: Path) -> None:
-    # This checkout serves as its own baseline: the comparison machinery runs end to end.
+def test_server_compares_checkouts_in_one_run(tmp_path: Path) -> None:
+    # This checkout serves as its own baseline and as a further step (--also): the machinery runs end to end.
     completed, data = _run(
-        [str(BENCHMARKS / "bench_server.py"), "--devices", "3", "--repeat", "2", "--baseline", str(REPO_ROOT)],
+        [
+            str(BENCHMARKS / "bench_server.py"),
+            *("--devices", "3", "--repeat", "2", "--baseline", str(REPO_ROOT), "--also", f"step={REPO_ROOT}"),
+        ],
         tmp_path / "s.json",
     )
     assert completed.returncode == 0, completed.stderr
     _header, rows = _table_rows(completed.stdout, "server")
-    assert [row[0] for row in rows] == ["baseline", "ours"] and all(row[1] == "3" for row in rows)
+    assert [row[0] for row in rows] == ["baseline", "step", "ours"] and all(row[1] == "3" for row in rows)
     assert "registrations per server CPU second, ours / baseline:" in completed.stdout
+    assert "step / baseline:" in completed.stdout
     summary = data["summary"]
     assert len(summary["rate_ratio_pairs"]) == 2 and _positive(summary["rate_ratio"])
-    for name in ("baseline", "ours"):
+    assert set(summary["rate_ratios"]) == {"ours", "step"} and all(map(_positive, summary["rate_ratios"].values()))
+    for name in ("baseline", "step", "ours"):
         assert _positive(summary[name]["server_cpu_ms_per_registration"])
-    # Alternating order: ours first in round 0, the baseline first in round 1.
+    # Every side once per round, the order reversed in the second round.
     assert [(run["repeat"], run["server"]) for run in data["runs"]] == [
         (0, "ours"),
         (0, "baseline"),
+        (0, "step"),
+        (1, "step"),
         (1, "baseline"),
         (1, "ours"),
     ]
@@ -359,6 +366,8 @@ def test_server_compares_two_checkouts_in_one_run(tmp_path: Path) -> None:
 def test_server_rejects_a_baseline_that_is_not_a_checkout(tmp_path: Path) -> None:
     completed, _ = _run([str(BENCHMARKS / "bench_server.py"), "--baseline", str(tmp_path)])
     assert completed.returncode == 2 and "no benchmarks/_device_side.py there" in completed.stderr
+    completed, _ = _run([str(BENCHMARKS / "bench_server.py"), "--also", f"ours={REPO_ROOT}"])
+    assert completed.returncode == 2 and "expected NAME=DIR with a new NAME" in completed.stderr
 
 
 def test_spy_summary_ranks_self_and_inclusive_samples(tmp_path: Path) -> None:

@@ -332,15 +332,16 @@ async def _until_interrupted(command: Callable[[], Any]) -> int:
 
 
 def _check_redis(url: str) -> None:
-    """``--redis`` needs valkey-glide and a Redis URL: say so before anything starts, in one line."""
-    if importlib.util.find_spec("glide") is None:
-        raise UsageError("--redis needs the 'fleet' extra (valkey-glide): pip install 'galaxy_trio[fleet]'")
-    from .fleet.redis import parse_redis_url
+    """``--redis`` needs a Redis URL and valkey-glide: say so before anything starts, in one line (the URL first: a
+    wrong one is wrong whatever is installed)."""
+    from .fleet.redis_url import parse_redis_url  # needs no Redis client
 
     try:
         parse_redis_url(url)
     except ValueError as exc:
         raise UsageError(f"--redis: {exc}; give redis://HOST:PORT/DB") from None
+    if importlib.util.find_spec("glide") is None:
+        raise UsageError("--redis needs the 'fleet' extra (valkey-glide): pip install 'galaxy_trio[fleet]'")
 
 
 # --- check -----------------------------------------------------------------------------------------------------

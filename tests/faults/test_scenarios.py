@@ -509,9 +509,12 @@ async def test_fleet_of_200_survives_two_server_restarts_in_a_row(rig: Rig, capl
                 if len(back) == count:
                     return
 
-    with trio.fail_after(60):
+    # A hang guard, not a timing: on a quiet machine this takes 10-20 s. The connect timeout is short enough to
+    # bound an attempt that hits the downtime, and long enough that 200 concurrent handshakes on a loaded 2-core
+    # machine do not time each other out in a loop (1 s did, under a parallel test load).
+    with trio.fail_after(180):
         await rig.start_agents(ids, options={"reconnect_delay": 0.01, "backoff_cap": 0.05})
-        async with open_manager(reconnect_delay=0.05, backoff_cap=0.2, connect_timeout=1.0) as manager:
+        async with open_manager(reconnect_delay=0.05, backoff_cap=0.2, connect_timeout=3.0) as manager:
             with manager.subscribe(buffer=100_000) as events:
                 manager.add_devices(rig.device(i, max_retries=100) for i in ids)
                 assert {p.status for p in (await manager.wait_until_settled()).values()} == {DeviceStatus.IDLE}

@@ -1,7 +1,8 @@
 """How fast galaxy_trio's manager brings a fleet to IDLE, and what each managed device costs it in CPU and memory.
 
 Usage: ``python benchmarks/bench_registration.py --devices N [N ...] [--repeat R] [--single-repeat S]
-[--profile FILE] [--heartbeat-interval S] [--timeout S] [--device-processes P] [--logs DIR] [--out FILE]``
+[--profile FILE] [--heartbeat-interval S] [--timeout S] [--device-processes P] [--hold S] [--logs DIR]
+[--out FILE]``
 
 For each fleet size N, the device side — an AIP server and N device agents — is started in separate processes
 with ``benchmarks/_device_side.py`` (one process below 1,000 devices; from 1,000 on, two processes, each an AIP
@@ -174,6 +175,7 @@ async def run_fleet(
     heartbeat_interval: float | None,
     profiler: Any = None,
     device_pids: Sequence[int] = (),
+    hold_s: float = 0.0,
 ) -> dict[str, Any]:
     """One timed run with a fresh manager: every device to IDLE, then a clean close. Returns its figures.
 
@@ -195,10 +197,13 @@ async def run_fleet(
     try:
         async with ConstellationDeviceManager(settings=_settings(task_name, heartbeat_interval)) as manager:
             with manager.subscribe(buffer=16 * len(ids) + 64) as events:
+                left_idle = [0]
 
                 async def record() -> None:
                     idle_recorded = 0
                     async for event in events:
+                        if event.kind is EventKind.STATUS and event.old_status is DeviceStatus.IDLE:
+                            left_idle[0] += 1  # (during --hold: a missed heartbeat, a dropped link)
                         if event.kind is EventKind.PHASE:
                             last_phase[event.device_id] = event.reason or ""
                         if event.kind is EventKind.PHASE and event.reason == "connect":
@@ -238,6 +243,7 @@ async def run_fleet(
                     # The recorder may be one scheduling round behind the manager; it sees the last IDLE soon after.
                     with trio.move_on_after(5):
                         await all_idle_recorded.wait()
+                    hold = await _hold(manager, ids, hold_s, attempts, left_idle) if hold_s > 0 else None
                     recorder.cancel_scope.cancel()
                 dropped = events.dropped
             statuses: dict[str, int] = {}
@@ -263,6 +269,7 @@ async def run_fleet(
                 "retries": sum(attempts.values()) - len(ids),
                 "events_dropped": dropped,
                 "close_error": None,
+                "hold": hold,
             }
             closing = time.perf_counter()
     except Exception as exc:
@@ -276,6 +283,31 @@ async def run_fleet(
     )
     figures["per_device_ms"] = per_device
     return figures
+
+
+async def _hold(
+    manager: ConstellationDeviceManager,
+    ids: Sequence[str],
+    hold_s: float,
+    attempts: dict[str, int],
+    left_idle: list[int],
+) -> dict[str, Any]:
+    """Keep the fleet IDLE for ``hold_s`` seconds with its heartbeats running (``--hold``); what that cost."""
+    attempts_before, left_before = sum(attempts.values()), left_idle[0]
+    cpu_before = time.process_time()
+    await trio.sleep(hold_s)
+    cpu = time.process_time() - cpu_before
+    idle = sum(state.status is DeviceStatus.IDLE for state in manager.get_all_device_states().values())
+    rss = _rss()
+    return {
+        "seconds": hold_s,
+        "idle_at_end": idle,
+        "left_idle": left_idle[0] - left_before,
+        "reconnects": sum(attempts.values()) - attempts_before,
+        "cpu_s": cpu,
+        "cpu_ms_per_device_minute": cpu * 1000 / len(ids) / (hold_s / 60),
+        "rss_at_end_bytes": rss,
+    }
 
 
 def _report_unsettled(task_name: str, profiles: dict[str, Any], last_phase: dict[str, str]) -> None:
@@ -373,15 +405,20 @@ async def worker(spec: dict[str, Any], token: str) -> dict[str, Any]:
     timeout = float(spec["timeout"])
     heartbeat_interval: float | None = spec["heartbeat_interval"]
     device_pids: list[int] = spec.get("device_pids", [])
+    hold_s = float(spec.get("hold_s", 0.0))
     # Warm-up: one device, untimed, so that first-use costs (lazy imports, caches) are paid before measuring.
     with trio.fail_after(timeout):
         await run_fleet(configs[:1], "warmup", heartbeat_interval=heartbeat_interval)
     runs = []
     for repeat in range(int(spec["repeat"])):
-        with trio.fail_after(timeout):
+        with trio.fail_after(timeout + hold_s):
             runs.append(
                 await run_fleet(
-                    configs, f"bench{repeat}", heartbeat_interval=heartbeat_interval, device_pids=device_pids
+                    configs,
+                    f"bench{repeat}",
+                    heartbeat_interval=heartbeat_interval,
+                    device_pids=device_pids,
+                    hold_s=hold_s,
                 )
             )
     # Peak RSS of the timed runs, before the profiler (which keeps every sample in memory) runs.
@@ -493,6 +530,7 @@ async def measure(
     profile: Path | None,
     logs: Path,
     log_level: str,
+    hold_s: float = 0.0,
 ) -> dict[str, Any]:
     """Start the device side for one fleet size, run the manager worker against it, stop the device side."""
     token = secrets.token_urlsafe(24)
@@ -516,6 +554,7 @@ async def measure(
         spec = {
             "shards": [{"url": s.url, "prefix": s.ready["prefix"], "count": s.ready["devices"]} for s in sides],
             "device_pids": [side.process.pid for side in sides],
+            "hold_s": hold_s,
             "repeat": repeat,
             "timeout": run_limit,
             "heartbeat_interval": heartbeat_interval,
@@ -572,6 +611,7 @@ def summarise(fleet: Plan, result: dict[str, Any]) -> dict[str, Any]:
         "cpu_sys_s_median": statistics.median(run["cpu_sys_s"] for run in runs),
         "device_cpu_s_median": statistics.median(sum(run["device_cpu_s"]) for run in runs),
         "device_cpu_s_by_process": [run["device_cpu_s"] for run in runs],
+        "holds": [run["hold"] for run in runs if run.get("hold")],
         "gc_s_median": statistics.median(run["gc_s"] for run in runs),
         "gc_collections": [run["gc_collections"] for run in runs],
         "gc_s_by_generation": [run["gc_s_by_generation"] for run in runs],
@@ -684,6 +724,14 @@ def render(
             lines.append(
                 f"note: {row['events_dropped']} events dropped at {row['devices']} devices (per-device figures partial)"
             )
+    for row in rows:
+        for hold in row["holds"]:
+            lines.append(
+                f"Held {row['devices']} devices IDLE for {hold['seconds']:g} s: {hold['idle_at_end']} IDLE at the end, "
+                f"{hold['left_idle']} left IDLE, {hold['reconnects']} reconnects; manager CPU "
+                f"{hold['cpu_ms_per_device_minute']:.3f} ms per device-minute, "
+                f"RSS {(hold['rss_at_end_bytes'] / 2**20):.1f} MiB at the end."
+            )
     for fleet in skipped:
         lines.append(f"SKIPPED {fleet.devices} devices: {fleet.skipped}")
     for row in rows:
@@ -731,6 +779,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the device side's logs (WARNING) in DIR")
     parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after each timed run (N > 1), keep the fleet IDLE S seconds with its heartbeats and report what left "
+        "IDLE, reconnects, and the manager's CPU per device-minute",
+    )
+    parser.add_argument(
         "--device-processes",
         type=int,
         default=None,
@@ -761,6 +817,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error("--heartbeat-interval must be positive")
         if args.device_processes is not None and args.device_processes < 1:
             parser.error("--device-processes must be at least 1")
+        if not args.hold >= 0:
+            parser.error("--hold must be >= 0")
     return args
 
 
@@ -787,6 +845,7 @@ async def orchestrate(args: argparse.Namespace) -> tuple[list[dict[str, Any]], l
                 profile=args.profile if args.profile is not None and devices == sizes[-1] else None,
                 logs=logs,
                 log_level="WARNING" if args.logs is not None else "ERROR",
+                hold_s=args.hold if devices > 1 else 0.0,
             )
             rows.append(summarise(fleet, result))
     return rows, skipped

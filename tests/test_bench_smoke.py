@@ -311,6 +311,21 @@ def test_registration_runs_over_the_device_processes_asked_for(tmp_path: Path) -
     assert fleet["statuses"] == [{"idle": 3}]
 
 
+@pytest.mark.slow
+def test_registration_holds_the_fleet_and_reports_what_it_cost(tmp_path: Path) -> None:
+    completed, data = _run(
+        [str(REGISTRATION), "--devices", "3", "--repeat", "1", "--hold", "1.5", "--heartbeat-interval", "0.5"],
+        tmp_path / "h.json",
+    )
+    assert completed.returncode == 0, completed.stderr
+    (fleet,) = data["fleets"]
+    (hold,) = fleet["holds"]
+    assert hold["seconds"] == 1.5 and hold["idle_at_end"] == 3
+    assert hold["left_idle"] == 0 and hold["reconnects"] == 0  # heartbeats every 0.5 s, all answered
+    assert _positive(hold["cpu_ms_per_device_minute"]) and _positive(hold["rss_at_end_bytes"])
+    assert "Held 3 devices IDLE for 1.5 s: 3 IDLE at the end, 0 left IDLE, 0 reconnects" in completed.stdout
+
+
 def test_registration_rejects_zero_device_processes() -> None:
     completed, _ = _run([str(REGISTRATION), "--devices", "3", "--device-processes", "0"])
     assert completed.returncode == 2 and "--device-processes must be at least 1" in completed.stderr

@@ -1,9 +1,9 @@
 """The server's side of links: :func:`serve_links` accepts WebSocket upgrades, :class:`ServerLink` carries AIP.
 
 Each connection is one trio task: TLS first (with an SSL context), then the upgrade request is read and judged
-here, without an HTTP library (:func:`check_upgrade_request`); an invalid upgrade is answered by this module with
-the HTTP error wsproto's handshake would give (400, or 426 for another WebSocket version, 405 for another method)
-and never reaches the caller. A valid one reaches the caller's handler as a :class:`LinkRequest` (target, peer),
+here, without an HTTP library (:func:`check_upgrade_request`); an invalid upgrade is answered by this module (400,
+or 426 for another WebSocket version, as wsproto's handshake did; 405 for another method, where it said 400) and
+never reaches the caller. A valid one reaches the caller's handler as a :class:`LinkRequest` (target, peer),
 which it accepts (a :class:`ServerLink`, the same wsproto core as the client's links: :class:`._wslink.WsLink`)
 or rejects with an HTTP status, after which the socket is closed at once.
 
@@ -93,8 +93,8 @@ def check_upgrade_request(head: bytes) -> UpgradeRequest | UpgradeRefused:
 
     The refusals are wsproto's handshake's: 400 for a malformed request or a missing or wrong ``Host``,
     ``Upgrade``, ``Connection`` or ``Sec-WebSocket-Key``; 426 (with ``Sec-WebSocket-Version: 13``) for another
-    WebSocket version; 405 for a method other than GET. Extensions and subprotocols offered are declined (none
-    is supported), as the RFC allows.
+    WebSocket version; but 405 (with ``Allow: GET``) for a method other than GET, where wsproto said 400.
+    Extensions and subprotocols offered are declined (none is supported), as the RFC allows.
     """
     request_line, *lines = head.split(b"\r\n")
     match = _REQUEST_LINE.fullmatch(request_line)

@@ -339,8 +339,13 @@ class DeviceSide:
             return ""
 
 
-async def start_device_side(options: Sequence[str], *, token: str, log_path: Path, ready_within: float) -> DeviceSide:
+async def start_device_side(
+    options: Sequence[str], *, token: str, log_path: Path, ready_within: float, script: Path = SCRIPT
+) -> DeviceSide:
     """Start ``_device_side.py options…`` and return once it printed its ready line.
+
+    ``script`` may be another checkout's ``benchmarks/_device_side.py`` (that checkout's library then serves):
+    how ``bench_server.py`` compares two servers in one run.
 
     Raises :class:`DeviceSideFailed` (with the end of its stderr) if it exits or is not ready within
     ``ready_within`` seconds; the child is then killed.
@@ -349,7 +354,7 @@ async def start_device_side(options: Sequence[str], *, token: str, log_path: Pat
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = await trio.lowlevel.open_process(
-            [sys.executable, str(SCRIPT), *options],
+            [sys.executable, str(script), *options],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,

@@ -1,13 +1,15 @@
 """How fast galaxy_trio's manager brings a fleet to IDLE, and what each managed device costs it in CPU and memory.
 
 Usage: ``python benchmarks/bench_registration.py --devices N [N ...] [--repeat R] [--single-repeat S]
-[--profile FILE] [--heartbeat-interval S] [--timeout S] [--logs DIR] [--out FILE]``
+[--profile FILE] [--heartbeat-interval S] [--timeout S] [--device-processes P] [--hold S] [--logs DIR]
+[--out FILE]``
 
 For each fleet size N, the device side — an AIP server and N device agents — is started in separate processes
 with ``benchmarks/_device_side.py`` (one process below 1,000 devices; from 1,000 on, two processes, each an AIP
 server with half the agents, because the machine has two cores and one process cannot hold 3 x 10,000 sockets
-under a 20,000 open-files limit). Once every agent is registered, a fresh manager process (this script, run
-with ``--worker``) times, R times with a fresh :class:`ConstellationDeviceManager` each:
+under a 20,000 open-files limit; ``--device-processes P`` asks for P). Once every agent is registered, a fresh
+manager process (this script, run with ``--worker``) times, R times with a fresh
+:class:`ConstellationDeviceManager` each:
 
 - **to all IDLE**: from ``add_devices`` (every device as a :class:`DeviceConfig`, token in the URL) until every
   device is IDLE (``wait_for_device`` on each), with deadlines far above the run time so that nothing retries;
@@ -16,7 +18,9 @@ with ``--worker``) times, R times with a fresh :class:`ConstellationDeviceManage
 - the manager process's **CPU seconds** (``time.process_time``) over the same span, of which **GC seconds** spent
   in Python's cyclic garbage collector (``gc.callbacks``), its **peak RSS** (``ru_maxrss``, timed runs only) and
   **RSS per device**: (RSS with N devices IDLE - RSS before the manager) / N, psutil, first repeat, after one
-  untimed single-device warm-up run so that lazily built module state is not billed to devices.
+  untimed single-device warm-up run so that lazily built module state is not billed to devices;
+- the **device side's CPU seconds** (psutil, user + system, each device-side process) over the same span: the
+  manager and the device side share the machine's cores, so this says how much of the wall time is whose.
 
 N = 1 is "one device to IDLE", repeated ``--single-repeat`` times (default 50) against the same device side.
 Figures are medians over the repeats. Targets (2-core machine, loopback): one device <= 3 ms median; 100 devices
@@ -152,8 +156,26 @@ class GcClock:
         gc.callbacks.remove(self)
 
 
+def _cpu_of(processes: Sequence[psutil.Process]) -> list[float]:
+    """CPU seconds (user + system) so far of each device-side process (0 for one that is gone)."""
+    seconds = []
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            seconds.append(float(times.user + times.system))
+        except psutil.Error:
+            seconds.append(0.0)
+    return seconds
+
+
 async def run_fleet(
-    configs: Sequence[DeviceConfig], task_name: str, *, heartbeat_interval: float | None, profiler: Any = None
+    configs: Sequence[DeviceConfig],
+    task_name: str,
+    *,
+    heartbeat_interval: float | None,
+    profiler: Any = None,
+    device_pids: Sequence[int] = (),
+    hold_s: float = 0.0,
 ) -> dict[str, Any]:
     """One timed run with a fresh manager: every device to IDLE, then a clean close. Returns its figures.
 
@@ -167,6 +189,7 @@ async def run_fleet(
     attempts = dict.fromkeys(ids, 0)
     last_phase = dict.fromkeys(ids, "")
     all_idle_recorded = trio.Event()
+    device_processes = [psutil.Process(pid) for pid in device_pids]
     gc.collect()
     rss_before = _rss()
     figures: dict[str, Any] = {}
@@ -174,10 +197,13 @@ async def run_fleet(
     try:
         async with ConstellationDeviceManager(settings=_settings(task_name, heartbeat_interval)) as manager:
             with manager.subscribe(buffer=16 * len(ids) + 64) as events:
+                left_idle = [0]
 
                 async def record() -> None:
                     idle_recorded = 0
                     async for event in events:
+                        if event.kind is EventKind.STATUS and event.old_status is DeviceStatus.IDLE:
+                            left_idle[0] += 1  # (during --hold: a missed heartbeat, a dropped link)
                         if event.kind is EventKind.PHASE:
                             last_phase[event.device_id] = event.reason or ""
                         if event.kind is EventKind.PHASE and event.reason == "connect":
@@ -196,6 +222,7 @@ async def run_fleet(
                     if profiler is not None:
                         profiler.start()
                     usage_before = resource.getrusage(resource.RUSAGE_SELF)
+                    device_cpu_before = _cpu_of(device_processes)
                     cpu_before = time.process_time()
                     started = time.perf_counter()
                     with GcClock() as gc_clock:
@@ -210,11 +237,13 @@ async def run_fleet(
                     if profiler is not None:
                         profiler.stop()
                     cpu = time.process_time() - cpu_before
+                    device_cpu = [a - b for a, b in zip(_cpu_of(device_processes), device_cpu_before, strict=True)]
                     usage = resource.getrusage(resource.RUSAGE_SELF)
                     rss_idle = _rss()
                     # The recorder may be one scheduling round behind the manager; it sees the last IDLE soon after.
                     with trio.move_on_after(5):
                         await all_idle_recorded.wait()
+                    hold = await _hold(manager, ids, hold_s, attempts, left_idle) if hold_s > 0 else None
                     recorder.cancel_scope.cancel()
                 dropped = events.dropped
             statuses: dict[str, int] = {}
@@ -226,6 +255,9 @@ async def run_fleet(
                 "cpu_s": cpu,
                 "cpu_user_s": usage.ru_utime - usage_before.ru_utime,
                 "cpu_sys_s": usage.ru_stime - usage_before.ru_stime,
+                # Over the same span: each device-side process (its server and agents), whose CPU bounds the wall
+                # time once it exceeds the manager's (two cores for everything).
+                "device_cpu_s": device_cpu,
                 "gc_s": gc_clock.seconds,
                 "gc_collections": gc_clock.collections,
                 "gc_s_by_generation": gc_clock.seconds_by_generation,
@@ -237,6 +269,7 @@ async def run_fleet(
                 "retries": sum(attempts.values()) - len(ids),
                 "events_dropped": dropped,
                 "close_error": None,
+                "hold": hold,
             }
             closing = time.perf_counter()
     except Exception as exc:
@@ -250,6 +283,31 @@ async def run_fleet(
     )
     figures["per_device_ms"] = per_device
     return figures
+
+
+async def _hold(
+    manager: ConstellationDeviceManager,
+    ids: Sequence[str],
+    hold_s: float,
+    attempts: dict[str, int],
+    left_idle: list[int],
+) -> dict[str, Any]:
+    """Keep the fleet IDLE for ``hold_s`` seconds with its heartbeats running (``--hold``); what that cost."""
+    attempts_before, left_before = sum(attempts.values()), left_idle[0]
+    cpu_before = time.process_time()
+    await trio.sleep(hold_s)
+    cpu = time.process_time() - cpu_before
+    idle = sum(state.status is DeviceStatus.IDLE for state in manager.get_all_device_states().values())
+    rss = _rss()
+    return {
+        "seconds": hold_s,
+        "idle_at_end": idle,
+        "left_idle": left_idle[0] - left_before,
+        "reconnects": sum(attempts.values()) - attempts_before,
+        "cpu_s": cpu,
+        "cpu_ms_per_device_minute": cpu * 1000 / len(ids) / (hold_s / 60),
+        "rss_at_end_bytes": rss,
+    }
 
 
 def _report_unsettled(task_name: str, profiles: dict[str, Any], last_phase: dict[str, str]) -> None:
@@ -346,13 +404,23 @@ async def worker(spec: dict[str, Any], token: str) -> dict[str, Any]:
     configs = _configs(shards, token)
     timeout = float(spec["timeout"])
     heartbeat_interval: float | None = spec["heartbeat_interval"]
+    device_pids: list[int] = spec.get("device_pids", [])
+    hold_s = float(spec.get("hold_s", 0.0))
     # Warm-up: one device, untimed, so that first-use costs (lazy imports, caches) are paid before measuring.
     with trio.fail_after(timeout):
         await run_fleet(configs[:1], "warmup", heartbeat_interval=heartbeat_interval)
     runs = []
     for repeat in range(int(spec["repeat"])):
-        with trio.fail_after(timeout):
-            runs.append(await run_fleet(configs, f"bench{repeat}", heartbeat_interval=heartbeat_interval))
+        with trio.fail_after(timeout + hold_s):
+            runs.append(
+                await run_fleet(
+                    configs,
+                    f"bench{repeat}",
+                    heartbeat_interval=heartbeat_interval,
+                    device_pids=device_pids,
+                    hold_s=hold_s,
+                )
+            )
     # Peak RSS of the timed runs, before the profiler (which keeps every sample in memory) runs.
     peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     profile = None
@@ -419,8 +487,12 @@ class WorkerFailed(Exception):
     """The manager process for one fleet size failed (its stderr, already shown, says why)."""
 
 
-def plan(devices: int, hard_limit: int, port_range: int) -> Plan:
-    """Split the device side so that each process fits under the open-files limit and the ephemeral port range."""
+def plan(devices: int, hard_limit: int, port_range: int, processes: int | None = None) -> Plan:
+    """Split the device side so that each process fits under the open-files limit and the ephemeral port range.
+
+    ``processes`` (``--device-processes``) asks for at least that many device-side processes; by default one
+    below :data:`SPLIT_FROM` devices and two from there on. More are used when one would not fit.
+    """
     manager_fds = devices + _device_side.FD_OVERHEAD
     if manager_fds > hard_limit:
         return Plan(
@@ -428,7 +500,8 @@ def plan(devices: int, hard_limit: int, port_range: int) -> Plan:
             (),
             f"the manager needs ~{manager_fds} open files (one per link) but the hard limit is {hard_limit}",
         )
-    shards = 2 if devices >= SPLIT_FROM else 1
+    shards = processes if processes is not None else (2 if devices >= SPLIT_FROM else 1)
+    shards = max(1, min(shards, devices))
     while True:
         share = math.ceil(devices / shards)
         fits_fds = _device_side.fds_needed(agents=share, server_links=2 * share) <= hard_limit
@@ -457,6 +530,7 @@ async def measure(
     profile: Path | None,
     logs: Path,
     log_level: str,
+    hold_s: float = 0.0,
 ) -> dict[str, Any]:
     """Start the device side for one fleet size, run the manager worker against it, stop the device side."""
     token = secrets.token_urlsafe(24)
@@ -479,6 +553,8 @@ async def measure(
         sides.sort(key=lambda side: str(side.ready["prefix"]))
         spec = {
             "shards": [{"url": s.url, "prefix": s.ready["prefix"], "count": s.ready["devices"]} for s in sides],
+            "device_pids": [side.process.pid for side in sides],
+            "hold_s": hold_s,
             "repeat": repeat,
             "timeout": run_limit,
             "heartbeat_interval": heartbeat_interval,
@@ -533,6 +609,9 @@ def summarise(fleet: Plan, result: dict[str, Any]) -> dict[str, Any]:
         "cpu_s_median": statistics.median(run["cpu_s"] for run in runs),
         "cpu_user_s_median": statistics.median(run["cpu_user_s"] for run in runs),
         "cpu_sys_s_median": statistics.median(run["cpu_sys_s"] for run in runs),
+        "device_cpu_s_median": statistics.median(sum(run["device_cpu_s"]) for run in runs),
+        "device_cpu_s_by_process": [run["device_cpu_s"] for run in runs],
+        "holds": [run["hold"] for run in runs if run.get("hold")],
         "gc_s_median": statistics.median(run["gc_s"] for run in runs),
         "gc_collections": [run["gc_collections"] for run in runs],
         "gc_s_by_generation": [run["gc_s_by_generation"] for run in runs],
@@ -582,6 +661,7 @@ def render(
             "p99 ms",
             "max ms",
             "CPU s",
+            "device side CPU s",
             "GC s",
             "peak RSS MiB",
             "KiB/device",
@@ -600,6 +680,7 @@ def render(
                 f"{row['per_device_ms']['p99']:.2f}",
                 f"{row['per_device_ms']['max']:.2f}",
                 f"{row['cpu_s_median']:.3f}",
+                f"{row['device_cpu_s_median']:.3f}",
                 f"{row['gc_s_median']:.3f}",
                 f"{row['peak_rss_mib']:.1f}",
                 f"{row['rss_per_device_kib']:.1f}",
@@ -611,7 +692,8 @@ def render(
     lines = [table, ""]
     lines.append(
         "Layout: the manager runs alone in its own process (this script with --worker, a fresh one per fleet size); "
-        "the device side runs in 'layout' processes, each one AIP server plus its agents (_device_side.py)."
+        "the device side runs in 'layout' processes, each one AIP server plus its agents (_device_side.py). "
+        "'CPU s' is the manager's, 'device side CPU s' all device-side processes' over the same span (medians)."
     )
     lines.append(
         f"Manager settings: connect/register/telemetry timeouts {GENEROUS_S:g} s, heartbeat_interval "
@@ -641,6 +723,14 @@ def render(
         if row["events_dropped"]:
             lines.append(
                 f"note: {row['events_dropped']} events dropped at {row['devices']} devices (per-device figures partial)"
+            )
+    for row in rows:
+        for hold in row["holds"]:
+            lines.append(
+                f"Held {row['devices']} devices IDLE for {hold['seconds']:g} s: {hold['idle_at_end']} IDLE at the end, "
+                f"{hold['left_idle']} left IDLE, {hold['reconnects']} reconnects; manager CPU "
+                f"{hold['cpu_ms_per_device_minute']:.3f} ms per device-minute, "
+                f"RSS {(hold['rss_at_end_bytes'] / 2**20):.1f} MiB at the end."
             )
     for fleet in skipped:
         lines.append(f"SKIPPED {fleet.devices} devices: {fleet.skipped}")
@@ -689,6 +779,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep the device side's logs (WARNING) in DIR")
     parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after each timed run (N > 1), keep the fleet IDLE S seconds with its heartbeats and report what left "
+        "IDLE, reconnects, and the manager's CPU per device-minute",
+    )
+    parser.add_argument(
+        "--device-processes",
+        type=int,
+        default=None,
+        metavar="P",
+        help="device-side processes (each one AIP server and its share of the agents); default 1 below "
+        f"{SPLIT_FROM} devices, else 2; more if one would not fit the open-files limit or the port range",
+    )
+    parser.add_argument(
         "--gc",
         choices=["cli", "default"],
         default="cli",
@@ -709,6 +815,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error("--timeout must be positive")
         if args.heartbeat_interval is not None and not args.heartbeat_interval > 0:
             parser.error("--heartbeat-interval must be positive")
+        if args.device_processes is not None and args.device_processes < 1:
+            parser.error("--device-processes must be at least 1")
+        if not args.hold >= 0:
+            parser.error("--hold must be >= 0")
     return args
 
 
@@ -721,7 +831,7 @@ async def orchestrate(args: argparse.Namespace) -> tuple[list[dict[str, Any]], l
     with tempfile.TemporaryDirectory(prefix="bench_registration_") as scratch:
         logs = args.logs if args.logs is not None else Path(scratch)
         for devices in sizes:
-            fleet = plan(devices, hard, port_range)
+            fleet = plan(devices, hard, port_range, args.device_processes)
             if fleet.skipped is not None:
                 skipped.append(fleet)
                 print(f"skipping {devices} devices: {fleet.skipped}", file=sys.stderr)
@@ -735,6 +845,7 @@ async def orchestrate(args: argparse.Namespace) -> tuple[list[dict[str, Any]], l
                 profile=args.profile if args.profile is not None and devices == sizes[-1] else None,
                 logs=logs,
                 log_level="WARNING" if args.logs is not None else "ERROR",
+                hold_s=args.hold if devices > 1 else 0.0,
             )
             rows.append(summarise(fleet, result))
     return rows, skipped

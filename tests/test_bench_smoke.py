@@ -200,6 +200,7 @@ def test_registration_prints_a_row_per_fleet_size(registration_run: tuple[str, d
         "p99 ms",
         "max ms",
         "CPU s",
+        "device side CPU s",
         "GC s",
         "peak RSS MiB",
         "KiB/device",
@@ -238,6 +239,9 @@ def test_registration_writes_json_with_positive_figures(registration_run: tuple[
         for key in ("total_s_median", "cpu_s_median", "close_s_median", "peak_rss_mib", "rss_before_mib"):
             assert _positive(fleet[key]), (devices, key)
         assert math.isfinite(fleet["rss_per_device_kib"])
+        # The device side's CPU over each run, one figure per device-side process.
+        assert [len(cpu) for cpu in fleet["device_cpu_s_by_process"]] == [1] * runs
+        assert fleet["device_cpu_s_median"] >= 0
         per_device = fleet["per_device_ms"]
         assert per_device["samples"] == runs * devices  # every device of every run has a connect -> IDLE time
         assert all(_positive(per_device[p]) for p in ("p50", "p95", "p99", "max"))
@@ -289,6 +293,111 @@ def test_registration_plan_fits_processes_under_the_open_files_limit() -> None:
     # The manager holds one fd per device and cannot be split: then the size is skipped, saying why.
     skipped = bench.plan(10000, 10000, 28232)
     assert skipped.shard_counts == () and "hard limit is 10000" in (skipped.skipped or "")
+    # --device-processes asks for more processes (never more than devices), and still splits further if needed.
+    assert bench.plan(10000, 20000, 28232, 4).shard_counts == (2500, 2500, 2500, 2500)
+    assert bench.plan(3, 20000, 28232, 8).shard_counts == (1, 1, 1)
+    assert bench.plan(10000, 20000, 28232, 1).shard_counts == (5000, 5000)  # 1 x 10,000 would need 30,128 fds
+
+
+@pytest.mark.slow
+def test_registration_runs_over_the_device_processes_asked_for(tmp_path: Path) -> None:
+    completed, data = _run(
+        [str(REGISTRATION), "--devices", "3", "--repeat", "1", "--device-processes", "3"], tmp_path / "r.json"
+    )
+    assert completed.returncode == 0, completed.stderr
+    (fleet,) = data["fleets"]
+    assert fleet["layout"] == "3x(server+1)" and fleet["agents_per_process"] == [1, 1, 1]
+    assert [len(cpu) for cpu in fleet["device_cpu_s_by_process"]] == [3]
+    assert fleet["statuses"] == [{"idle": 3}]
+
+
+@pytest.mark.slow
+def test_registration_holds_the_fleet_and_reports_what_it_cost(tmp_path: Path) -> None:
+    completed, data = _run(
+        [str(REGISTRATION), "--devices", "3", "--repeat", "1", "--hold", "1.5", "--heartbeat-interval", "0.5"],
+        tmp_path / "h.json",
+    )
+    assert completed.returncode == 0, completed.stderr
+    (fleet,) = data["fleets"]
+    (hold,) = fleet["holds"]
+    assert hold["seconds"] == 1.5 and hold["idle_at_end"] == 3
+    assert hold["left_idle"] == 0 and hold["reconnects"] == 0  # heartbeats every 0.5 s, all answered
+    assert _positive(hold["cpu_ms_per_device_minute"]) and _positive(hold["rss_at_end_bytes"])
+    assert "Held 3 devices IDLE for 1.5 s: 3 IDLE at the end, 0 left IDLE, 0 reconnects" in completed.stdout
+
+
+def test_registration_rejects_zero_device_processes() -> None:
+    completed, _ = _run([str(REGISTRATION), "--devices", "3", "--device-processes", "0"])
+    assert completed.returncode == 2 and "--device-processes must be at least 1" in completed.stderr
+
+
+# --- bench_floor.py, bench_server.py, spy_summary.py ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_floor_reports_both_clients_and_their_ratio(tmp_path: Path) -> None:
+    completed, data = _run([str(BENCHMARKS / "bench_floor.py"), "--devices", "3", "--repeat", "1"], tmp_path / "f.json")
+    assert completed.returncode == 0, completed.stderr
+    header, rows = _table_rows(completed.stdout, "client")
+    assert header[0] == "client" and [row[0] for row in rows] == ["minimal", "manager"]
+    assert "manager CPU per device / minimal client's:" in completed.stdout
+    summary = data["summary"]
+    assert _positive(summary["cpu_ratio"]) and len(summary["cpu_ratio_pairs"]) == 1
+    assert {run["kind"] for run in data["runs"]} == {"minimal", "manager"}
+    assert all(run["ready"] == 3 for run in data["runs"])
+
+
+@pytest.mark.slow
+def test_server_compares_checkouts_in_one_run(tmp_path: Path) -> None:
+    # This checkout serves as its own baseline and as a further step (--also): the machinery runs end to end.
+    completed, data = _run(
+        [
+            str(BENCHMARKS / "bench_server.py"),
+            *("--devices", "3", "--repeat", "2", "--baseline", str(REPO_ROOT), "--also", f"step={REPO_ROOT}"),
+        ],
+        tmp_path / "s.json",
+    )
+    assert completed.returncode == 0, completed.stderr
+    _header, rows = _table_rows(completed.stdout, "server")
+    assert [row[0] for row in rows] == ["baseline", "step", "ours"] and all(row[1] == "3" for row in rows)
+    assert "registrations per server CPU second, ours / baseline:" in completed.stdout
+    assert "step / baseline:" in completed.stdout
+    summary = data["summary"]
+    assert len(summary["rate_ratio_pairs"]) == 2 and _positive(summary["rate_ratio"])
+    assert set(summary["rate_ratios"]) == {"ours", "step"} and all(map(_positive, summary["rate_ratios"].values()))
+    for name in ("baseline", "step", "ours"):
+        assert _positive(summary[name]["server_cpu_ms_per_registration"])
+    # Every side once per round, the order reversed in the second round.
+    assert [(run["repeat"], run["server"]) for run in data["runs"]] == [
+        (0, "ours"),
+        (0, "baseline"),
+        (0, "step"),
+        (1, "step"),
+        (1, "baseline"),
+        (1, "ours"),
+    ]
+
+
+def test_server_rejects_a_baseline_that_is_not_a_checkout(tmp_path: Path) -> None:
+    completed, _ = _run([str(BENCHMARKS / "bench_server.py"), "--baseline", str(tmp_path)])
+    assert completed.returncode == 2 and "no benchmarks/_device_side.py there" in completed.stderr
+    completed, _ = _run([str(BENCHMARKS / "bench_server.py"), "--also", f"ours={REPO_ROOT}"])
+    assert completed.returncode == 2 and "expected NAME=DIR with a new NAME" in completed.stderr
+
+
+def test_spy_summary_ranks_self_and_inclusive_samples(tmp_path: Path) -> None:
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        'process 1:"python";main (x.py:1);serve (galaxy_trio/transport/server.py:10);recv (trio/_socket.py:5) 6\n'
+        'process 1:"python";main (x.py:1);serve (galaxy_trio/transport/server.py:10) 2\n'
+        "main (x.py:1);other (y.py:3) 2\n",
+        encoding="utf-8",
+    )
+    spy = _bench_module("spy_summary")
+    total, own, inclusive = spy.summarise(raw.read_text(encoding="utf-8"))
+    assert total == 10
+    assert own.most_common(1) == [("recv (trio/_socket.py)", 6)]
+    assert inclusive["serve (galaxy_trio/transport/server.py)"] == 8 and inclusive["main (x.py)"] == 10
 
 
 def test_registration_percentile_is_nearest_rank() -> None:

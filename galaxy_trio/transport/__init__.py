@@ -4,10 +4,13 @@ This is the one edge where the WebSocket libraries' and the OS's exceptions beco
 (:class:`~galaxy_trio.errors.LinkError` and its subclasses), so nothing above it catches library internals.
 Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``trio.fail_after``.
 
-- :mod:`.client`: :func:`open_link`, the client side (manager and agent), on wsproto directly: the task that
-  receives reads the socket itself, so an idle link costs one waiting task and no HTTP state.
-- :mod:`.server`: :func:`serve_links` (accepts upgrades, ``nursery.start`` style) and :class:`ServerLink`, the
-  server's side, on trio-websocket.
+- :mod:`._wslink`: the link core both ends share, on wsproto directly: the task that receives reads the socket
+  itself (answering pings, recording pongs, acknowledging a close), so an idle link costs one waiting task and no
+  HTTP state.
+- :mod:`.client`: :func:`open_link`, the client side (manager and agent): TCP (one ``connect`` for an IP literal),
+  the upgrade request built once per URL, the 101 judged without an HTTP library.
+- :mod:`.server`: :func:`serve_links` (accepts upgrades, ``nursery.start`` style; one task per connection) and
+  :class:`ServerLink`, the server's side; the upgrade request judged without an HTTP library.
 - :mod:`._errors`: ``map_exceptions``, the error tables every I/O call site here runs under.
 """
 

@@ -1,183 +1,284 @@
 """The server's side of links: :func:`serve_links` accepts WebSocket upgrades, :class:`ServerLink` carries AIP.
 
-trio-websocket does the WebSocket work here; nothing above this module imports it. Each incoming upgrade reaches
-the caller's handler as a :class:`LinkRequest` (path, peer), which it accepts (a :class:`ServerLink`) or rejects
-with an HTTP status. Every failure the peer or the network can cause surfaces as a
-:class:`~galaxy_trio.errors.LinkError`, mapped by table (:mod:`._errors`) with the original as its cause.
+Each connection is one trio task: TLS first (with an SSL context), then the upgrade request is read and judged
+here, without an HTTP library (:func:`check_upgrade_request`); an invalid upgrade is answered by this module (400,
+or 426 for another WebSocket version, as wsproto's handshake did; 405 for another method, where it said 400) and
+never reaches the caller. A valid one reaches the caller's handler as a :class:`LinkRequest` (target, peer),
+which it accepts (a :class:`ServerLink`, the same wsproto core as the client's links: :class:`._wslink.WsLink`)
+or rejects with an HTTP status, after which the socket is closed at once.
+
+Until issue #16 this side ran on trio-websocket (h11 for the upgrade, a reader task and a channel per
+connection): ~1.7 ms of server CPU per constellation registration. Every failure the peer or the network can
+cause surfaces as a :class:`~galaxy_trio.errors.LinkError`, mapped by table (:mod:`._errors`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import errno
+import http
 import logging
-import math
+import re
 import ssl
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from functools import partial
-from typing import Final, NoReturn, cast
+from typing import Final, NamedTuple, NoReturn
 
 import trio
-import trio_websocket
+from wsproto.connection import Connection, ConnectionType
+from wsproto.utilities import generate_accept_token
 
-from ..aip import ClientMessage, ServerMessage, encode_text
-from ..aip.close_codes import CLOSE_NORMAL
-from ..errors import BinaryFrame, LinkClosed
 from ._errors import STREAM_ERRORS, ErrorTable, link_closed, map_exceptions
-from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, DEFAULT_MAX_FRAME
+from ._link import DEFAULT_MAX_FRAME
+from ._wslink import RECEIVE_BYTES, WsLink
 
-__all__ = ["LinkHandler", "LinkRequest", "ServerLink", "serve_links"]
+__all__ = [
+    "LinkHandler",
+    "LinkRequest",
+    "ServerLink",
+    "UpgradeRefused",
+    "UpgradeRequest",
+    "check_upgrade_request",
+    "serve_links",
+]
 
 logger = logging.getLogger("galaxy_trio.transport")
 
+#: The longest request head (request line and headers) accepted; h11's default bound is the same.
+MAX_REQUEST_HEAD: Final = 16 * 1024
 
-def _closed(exc: Exception) -> LinkClosed:
-    reason = cast(trio_websocket.ConnectionClosed, exc).reason
-    if reason is None:
-        return LinkClosed()
-    return LinkClosed(reason.code, reason.reason)
+_REQUEST_LINE: Final = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_WEBSOCKET_VERSION: Final = b"13"
+
+#: Writing a response or reading a request: a peer that went away is a closed link.
+_IO: Final[ErrorTable] = {STREAM_ERRORS: link_closed}
 
 
-#: trio-websocket reports the peer's (or our) close with the close frame; a broken stream has none.
-_LINK: Final[ErrorTable] = {trio_websocket.ConnectionClosed: _closed, STREAM_ERRORS: link_closed}
+class ServerLink(WsLink):
+    """An accepted WebSocket (the shared core, :class:`._wslink.WsLink`). Made by :meth:`LinkRequest.accept`.
 
-
-class ServerLink:
-    """An accepted WebSocket, speaking AIP text frames (made by :meth:`LinkRequest.accept`).
-
-    trio-websocket already runs a reader task that feeds a bounded queue; :meth:`receive` takes from that queue.
+    :meth:`ping` waits for the pong, which the task that receives sees: the server's single reader per
+    connection (``server.connection``) reads all the time the connection is open.
     """
 
-    __slots__ = ("_ws",)
+    __slots__ = ()
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self._ws = ws
 
-    @property
-    def closed(self) -> bool:
-        return self._ws.closed is not None
+# --- the upgrade request, judged without I/O --------------------------------------------------------------------
 
-    async def send(self, message: ClientMessage | ServerMessage) -> None:
-        """Send one message as a text frame. Raises :class:`LinkClosed` if the link is gone."""
-        await self.send_text(encode_text(message))
 
-    async def send_text(self, text: str) -> None:
-        with map_exceptions(_LINK):
-            await self._ws.send_message(text)
+class UpgradeRequest(NamedTuple):
+    """A valid WebSocket upgrade: its request target (path and query) and its ``Sec-WebSocket-Key``."""
 
-    async def receive(self) -> str:
-        """The next text frame. Raises :class:`LinkClosed` when the link closes, :class:`BinaryFrame` on binary."""
-        with map_exceptions(_LINK):
-            message = await self._ws.get_message()
-        if isinstance(message, bytes):
-            raise BinaryFrame(len(message))
-        return message
+    target: str
+    key: bytes
 
-    async def ping(self) -> None:
-        """Send a ping and wait for its pong (the caller's scope bounds the wait). Raises :class:`LinkClosed`."""
-        with map_exceptions(_LINK):
-            await self._ws.ping()
 
-    async def aclose(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
-        """Close with a closing handshake, bounded by :data:`CLOSE_GRACE` and shielded from cancellation.
+class UpgradeRefused(NamedTuple):
+    """An invalid upgrade: the HTTP status to answer, why (the response body), and headers to add."""
 
-        When the caller is already cancelled, the link's reader is being cancelled too and can no longer see the
-        peer's answer, so the close frame is sent and the socket dropped after :data:`CANCELLED_CLOSE_GRACE`.
-        """
-        cancelled = trio.current_effective_deadline() == -math.inf
-        with trio.move_on_after(CANCELLED_CLOSE_GRACE if cancelled else CLOSE_GRACE, shield=True):
-            try:
-                with map_exceptions(_LINK):
-                    await self._ws.aclose(code, reason)
-            except LinkClosed:
-                pass  # already closed or broken: nothing left to close gracefully
+    status: int
+    why: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _refused(why: str, status: int = 400, headers: tuple[tuple[str, str], ...] = ()) -> UpgradeRefused:
+    return UpgradeRefused(status, why, headers)
+
+
+def check_upgrade_request(head: bytes) -> UpgradeRequest | UpgradeRefused:
+    """Judge an upgrade request's head (up to, not including, the blank line) as RFC 6455 §4.2.1 asks.
+
+    The refusals are wsproto's handshake's: 400 for a malformed request or a missing or wrong ``Host``,
+    ``Upgrade``, ``Connection`` or ``Sec-WebSocket-Key``; 426 (with ``Sec-WebSocket-Version: 13``) for another
+    WebSocket version; but 405 (with ``Allow: GET``) for a method other than GET, where wsproto said 400.
+    Extensions and subprotocols offered are declined (none is supported), as the RFC allows.
+    """
+    request_line, *lines = head.split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        return _refused("malformed request line")
+    method, target, major, minor = match.groups()
+    if (major, minor) != (b"1", b"1"):
+        return _refused("a WebSocket upgrade needs HTTP/1.1")
+    if method != b"GET":
+        return _refused("a WebSocket upgrade is a GET", 405, (("Allow", "GET"),))
+    headers: dict[bytes, bytes] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            return _refused("malformed header line")
+        name = name.lower()
+        value = value.strip(b" \t")
+        headers[name] = headers[name] + b", " + value if name in headers else value
+    if (b"content-length" in headers and headers[b"content-length"] != b"0") or b"transfer-encoding" in headers:
+        return _refused("an upgrade request has no body")
+    if not headers.get(b"host"):
+        return _refused("missing header 'Host'")
+    if b"upgrade" not in (token.strip().lower() for token in headers.get(b"connection", b"").split(b",")):
+        return _refused("missing header 'Connection: Upgrade'")
+    version = headers.get(b"sec-websocket-version")
+    if version != _WEBSOCKET_VERSION:
+        why = "missing header 'Sec-WebSocket-Version'" if version is None else "unsupported WebSocket version"
+        return _refused(why, 400 if version is None else 426, (("Sec-WebSocket-Version", "13"),))
+    key = headers.get(b"sec-websocket-key")
+    if key is None or not _valid_key(key):
+        return _refused("missing or malformed header 'Sec-WebSocket-Key'")
+    if headers.get(b"upgrade", b"").lower() != b"websocket":
+        return _refused("missing header 'Upgrade: websocket'")
+    return UpgradeRequest(target.decode("ascii"), key)
+
+
+def _valid_key(key: bytes) -> bool:
+    """A ``Sec-WebSocket-Key`` is 16 random bytes in base64 (24 characters)."""
+    try:
+        return len(key) == 24 and len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        return False
+
+
+def switching_protocols(key: bytes) -> bytes:
+    """The 101 response accepting ``key`` (no extension, no subprotocol)."""
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+        + generate_accept_token(key)
+        + b"\r\n\r\n"
+    )
+
+
+def error_response(status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """An HTTP error response with a plain-text body; the server hangs up after it (``Connection: close``)."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n{extra}\r\n"
+    ).encode("latin-1") + body
+
+
+# --- one connection ---------------------------------------------------------------------------------------------
 
 
 class LinkRequest:
     """An HTTP upgrade waiting for an answer: :meth:`accept` it, or :meth:`reject` it with an HTTP status."""
 
-    __slots__ = ("_request",)
+    __slots__ = ("_answered", "_key", "_leftover", "_max_message_size", "_stream", "remote", "target")
 
-    def __init__(self, request: trio_websocket.WebSocketRequest) -> None:
-        self._request = request
+    def __init__(
+        self, stream: trio.abc.Stream, upgrade: UpgradeRequest, leftover: bytes, remote: str, max_message_size: int
+    ) -> None:
+        self._stream = stream
+        self._key = upgrade.key
+        self._leftover = leftover
+        self._max_message_size = max_message_size
+        self._answered = False
+        #: The request target as sent: path and query (which may hold a token: never log it whole).
+        self.target = upgrade.target
+        #: The peer's address (``host:port``), for logs.
+        self.remote = remote
 
-    @property
-    def target(self) -> str:
-        """The request target as sent: path and query (which may hold a token: never log it whole)."""
-        return str(self._request.path)
-
-    @property
-    def remote(self) -> str:
-        """The peer's address for logs, ``127.0.0.1:50774`` or ``[::1]:50774`` (not trio-websocket's repr)."""
-        peer = self._request.remote
-        address, port = getattr(peer, "address", None), getattr(peer, "port", None)
-        if address is None or port is None:
-            return str(peer)
-        return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+    def _answer(self) -> None:
+        if self._answered:
+            raise RuntimeError("this upgrade request was already answered")
+        self._answered = True
 
     async def accept(self) -> ServerLink:
         """Switch protocols. Raises :class:`LinkClosed` if the peer went away meanwhile."""
-        with map_exceptions(_LINK):
-            return ServerLink(await self._request.accept())
+        self._answer()
+        with map_exceptions(_IO):
+            await self._stream.send_all(switching_protocols(self._key))
+        # Bytes the peer sent after its request (it should wait for the 101, but may not) are WebSocket bytes.
+        ws = Connection(ConnectionType.SERVER, trailing_data=self._leftover)
+        return ServerLink(self._stream, ws, self._max_message_size)
 
     async def reject(self, status: int, body: bytes) -> None:
         """Answer with an HTTP error, then hang up. Raises :class:`LinkClosed` if the peer went away meanwhile.
 
-        trio-websocket would keep the socket (and a task reading it) open until the peer closes it: without the
-        hang-up, peers without a token could hold as many server sockets as they like.
+        The socket is closed at once: peers without a token cannot hold server sockets open.
         """
+        self._answer()
         try:
-            with map_exceptions(_LINK):
-                await self._request.reject(status, body=body)
+            with map_exceptions(_IO):
+                await self._stream.send_all(error_response(status, body))
         finally:
-            connection = _CONNECTION.get(None)
-            if connection is not None:
-                connection.cancel()
+            await trio.aclose_forcefully(self._stream)
 
 
 #: What :func:`serve_links` calls for each upgrade; the connection ends when it returns.
 LinkHandler = Callable[[LinkRequest], Awaitable[None]]
 
-#: The cancel scope of the connection task being served (trio-websocket runs the handler in a child task).
-_CONNECTION: ContextVar[trio.CancelScope] = ContextVar("galaxy_trio_link_connection")
+
+def _remote(stream: trio.abc.Stream) -> str:
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(transport, trio.SocketStream):
+        return "?"
+    try:
+        address = transport.socket.getpeername()
+    except OSError:
+        return "?"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
+        return f"{host}:{address[1]}"
+    return str(address)
 
 
-class _ContainedConnections:
-    """Where trio-websocket starts each connection's task: one connection's failure never stops the server.
+async def _read_request(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
+    """The request head (without its blank line) and what came after it; None if the peer hung up first.
 
-    The handler is expected to catch what a peer can cause, but trio-websocket runs its own reader task beside
-    it, and that task can fail too: it answers a ping, or refuses an oversized message, even after a close frame
-    went out, and wsproto's refusal escapes (python-trio/trio-websocket#184). In a plain nursery that exception
-    would tear down every connection and the listener with them. Each task also runs in a cancel scope of its
-    own, so that a rejected upgrade can end it (:meth:`LinkRequest.reject`).
+    Raises :class:`_HeadTooLarge` past :data:`MAX_REQUEST_HEAD` bytes.
     """
+    received = bytearray()
+    while (end := received.find(b"\r\n\r\n")) < 0:
+        if len(received) > MAX_REQUEST_HEAD:
+            raise _HeadTooLarge
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            return None
+        received += data
+    return bytes(received[:end]), bytes(received[end + 4 :])
 
-    __slots__ = ("_handshake_deadline", "_nursery")
 
-    def __init__(self, nursery: trio.Nursery, handshake_deadline: float) -> None:
-        self._nursery = nursery
-        self._handshake_deadline = handshake_deadline
-
-    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-        self._nursery.start_soon(_contained, self._handshake_deadline, fn, *args)
+class _HeadTooLarge(Exception):
+    """The peer sent more than :data:`MAX_REQUEST_HEAD` bytes without ending its request head."""
 
 
-async def _contained(handshake_deadline: float, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-    with trio.CancelScope() as connection:
-        _CONNECTION.set(connection)
-        tls = next((arg for arg in args if isinstance(arg, trio.SSLStream)), None)
-        if tls is not None and not await _tls_handshake(tls, handshake_deadline):
-            return
+async def _upgrade(stream: trio.abc.Stream, max_message_size: int, remote: str, deadline: float) -> LinkRequest | None:
+    """Read and judge the upgrade request within ``deadline``; a LinkRequest for the handler, or None when the
+    request was refused here (answered) or the peer hung up or was too slow (socket to be closed)."""
+    with trio.move_on_after(deadline):
+        leftover = b""
         try:
-            await fn(*args)
-        except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
-            logger.warning("a connection failed inside the WebSocket library and was dropped: %r", exc)
+            read = await _read_request(stream)
+        except _HeadTooLarge:
+            verdict: UpgradeRequest | UpgradeRefused = _refused(f"request head over {MAX_REQUEST_HEAD} bytes", 431)
+        except STREAM_ERRORS:
+            return None
+        else:
+            if read is None:
+                return None
+            verdict, leftover = check_upgrade_request(read[0]), read[1]
+        if isinstance(verdict, UpgradeRequest):
+            return LinkRequest(stream, verdict, leftover, remote, max_message_size)
+        logger.info("refused an upgrade from %s: %s (HTTP %d)", remote, verdict.why, verdict.status)
+        try:
+            await stream.send_all(error_response(verdict.status, verdict.why.encode() + b"\n", verdict.headers))
+        except STREAM_ERRORS:
+            pass
+        return None
+    logger.info("%s sent no complete upgrade request within %g s; closing", remote, deadline)
+    return None
 
 
-async def _tls_handshake(stream: trio.SSLStream[trio.abc.Stream], deadline: float) -> bool:
-    """Finish the TLS handshake before trio-websocket sees the stream; False (socket closed) if it fails.
+async def _tls_handshake(stream: trio.SSLStream[trio.SocketStream], deadline: float) -> bool:
+    """Finish the TLS handshake before reading the upgrade; False if it fails or takes longer than ``deadline``.
 
-    trio-websocket would do it lazily in its reader and, when it fails (a plain ``ws://`` client, an unknown
-    certificate), keep waiting for an upgrade request that cannot come until its handshake deadline.
+    A plain ``ws://`` client or one that refuses the certificate is then dropped at once, not at the handshake
+    deadline.
     """
     with trio.move_on_after(deadline):
         try:
@@ -186,8 +287,62 @@ async def _tls_handshake(stream: trio.SSLStream[trio.abc.Stream], deadline: floa
         except STREAM_ERRORS as exc:
             cause = exc.__cause__ or exc
             logger.info("TLS handshake failed: %s: %s", type(cause).__name__, str(cause)[:200])
-    await trio.aclose_forcefully(stream)
+            return False
+    logger.info("TLS handshake not finished within %g s; closing", deadline)
     return False
+
+
+async def _serve_connection(
+    handler: LinkHandler,
+    ssl_context: ssl.SSLContext | None,
+    max_message_size: int,
+    handshake_deadline: float,
+    stream: trio.SocketStream,
+) -> None:
+    """One connection, from TCP accept to close. Nothing it raises (but Cancelled) reaches the listener."""
+    remote = _remote(stream)
+    link_stream: trio.abc.Stream = stream
+    try:
+        if ssl_context is not None:
+            tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+            link_stream = tls
+            if not await _tls_handshake(tls, handshake_deadline):
+                return
+        request = await _upgrade(link_stream, max_message_size, remote, handshake_deadline)
+        if request is not None:
+            await handler(request)
+    except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
+        logger.warning("a connection from %s failed in the transport and was dropped: %r", remote, exc)
+    finally:
+        if link_stream is stream:
+            stream.socket.close()  # (a no-op once the link dropped it; no cancel scope for a plain socket)
+        else:
+            await trio.aclose_forcefully(link_stream)
+
+
+#: accept() errors that mean "out of descriptors or memory for now": wait and accept again, as trio.serve_listeners.
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    code for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if (code := getattr(errno, name, None)) is not None
+)
+_ACCEPT_RETRY_S: Final = 0.1
+
+
+async def _accept_loop(
+    listener: trio.SocketListener, connections: trio.Nursery, serve: Callable[[trio.SocketStream], Awaitable[None]]
+) -> NoReturn:
+    """trio.serve_listeners' loop without its per-connection wrapper (whose ``aclose_forcefully`` costs a
+    cancelled cancel scope per connection): each connection task closes its own socket."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error("accept failed (%s); accepting again in %g s", exc.strerror, _ACCEPT_RETRY_S)
+                await trio.sleep(_ACCEPT_RETRY_S)
+            else:
+                connections.start_soon(serve, stream)
 
 
 async def serve_links(
@@ -206,27 +361,13 @@ async def serve_links(
     then runs with its :class:`LinkRequest`. ``max_message_size`` bounds one incoming message (a bigger one
     closes the link with 1009). One connection's failure never stops the others or the listener.
     """
-
-    async def on_request(request: trio_websocket.WebSocketRequest) -> None:
-        await handler(LinkRequest(request))
-
-    # Connection tasks live in a nursery of their own, which outlives the listener inside it.
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    serve = partial(_serve_connection, handler, ssl_context, max_message_size, handshake_deadline)
+    # Connection tasks live in a nursery of their own, which outlives the listeners inside it.
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as nursery:
-            ws_server: trio_websocket.WebSocketServer = await nursery.start(
-                partial(
-                    trio_websocket.serve_websocket,
-                    on_request,
-                    host,
-                    port,
-                    ssl_context,
-                    # trio.serve_listeners takes any object with start_soon as its handler nursery.
-                    handler_nursery=cast(trio.Nursery, _ContainedConnections(connections, handshake_deadline)),
-                    max_message_size=max_message_size,
-                    connect_timeout=handshake_deadline,
-                    disconnect_timeout=CLOSE_GRACE,
-                )
-            )
-            endpoint = ws_server.listeners[0]
-            task_status.started(endpoint.port if isinstance(endpoint, trio_websocket.Endpoint) else 0)
-    raise RuntimeError("the WebSocket server stopped serving")  # serve_websocket only ends by cancellation
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, connections, serve)
+            task_status.started(bound)
+    raise RuntimeError("the WebSocket server stopped serving")  # the accept loops only end by cancellation

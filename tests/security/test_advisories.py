@@ -498,10 +498,10 @@ async def test_the_token_never_reaches_a_log_line_an_error_or_a_repr(
     assert any("token=***" in text for text in shown)
     _assert_no_secret([text for error in errors for text in _texts_of(error)] + shown)
     messages = [r.getMessage() for r in records]
-    # The flows did happen (so the check above is not vacuous): a 403, a refusal, a reconnect, trio-websocket.
+    # The flows did happen (so the check above is not vacuous): a 403, a refusal, a reconnect, the upgrades.
     assert any("HTTP 403" in m for m in messages) and any("gave up after 2" in m for m in messages)
     assert sum("dev: registering -> idle" in m for m in messages) == 2
-    assert any(r.name == "trio-websocket" and "received event" in r.getMessage() for r in records)
+    assert any(r.name == "galaxy_trio.server" and "accepted" in r.getMessage() for r in records)
     formatted = [logging.Formatter().format(r) for r in records]  # with any exc_info, as a handler would write it
     _assert_no_secret(messages + formatted)
 
@@ -537,7 +537,7 @@ def test_run_local_once_json_shows_no_token(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     (profile,) = json.loads(done.stdout)
     assert profile["status"] == "idle"
-    assert "trio-websocket: server-0 received event" in done.stderr  # DEBUG lines of the local server are there
+    assert "galaxy_trio.server: accepted 127.0.0.1:" in done.stderr  # DEBUG lines of the local server are there
     _assert_no_token_in_output(done.stdout, done.stderr)
 
 

@@ -130,6 +130,20 @@ class Peer:
             return exc.reason
         raise AssertionError(f"expected the server to close, got a frame: {data!r}")
 
+    async def expect_closed_maybe_after(
+        self, type_: ServerMessageType
+    ) -> tuple[ServerMessage | None, trio_websocket.CloseReason]:
+        """The server closes next, or sends one frame of ``type_`` and then closes: (that frame or None, close)."""
+        try:
+            data = await self.ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            assert exc.reason is not None
+            return None, exc.reason
+        assert isinstance(data, str), f"server sent a binary frame: {data!r}"
+        message = decode_server_message(data)
+        assert message.type is type_, message
+        return message, await self.expect_closed()
+
     async def register(self, raw: str | ClientMessage) -> ServerMessage:
         """Send a REGISTER and expect the heartbeat/ok confirmation."""
         await (self.send_raw(raw) if isinstance(raw, str) else self.send(raw))

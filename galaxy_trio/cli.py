@@ -257,7 +257,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
     if not args.verbose:
-        logging.getLogger("trio-websocket").setLevel(logging.WARNING)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # ctl: one line per request otherwise
     commands: dict[str, Callable[[argparse.Namespace], Any]] = {
         "run": _run,

@@ -14,9 +14,9 @@ from typing import Final
 
 from ..aip.client_protocol import PERMANENT_HANDSHAKE_STATUSES, Outcome, connect_outcome, handshake_outcome
 from ..errors import ConnectFailed, HandshakeRejected, LinkError
-from ..transport import open_link
+from ..transport import connect_link, open_link
 
-__all__ = ["PERMANENT_HANDSHAKE_STATUSES", "classify", "client_ssl_context", "open_link"]
+__all__ = ["PERMANENT_HANDSHAKE_STATUSES", "classify", "client_ssl_context", "connect_link", "open_link"]
 
 _INVALID_URL: Final = "invalid WebSocket URL"
 

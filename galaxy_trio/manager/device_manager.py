@@ -27,8 +27,8 @@ import difflib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -44,7 +44,7 @@ from ..config import ConfigError, ConfigProblem, DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
 from ..transport import CLOSE_GRACE
 from .activate import keep_alive
-from .connect import classify, client_ssl_context, open_link
+from .connect import classify, client_ssl_context, connect_link
 from .events import EventHub, EventKind, EventSubscription
 from .phases import Phase, phase_timeouts, timed_out
 from .profile import CONNECTED_STATUSES, AgentProfile, DeviceStatus, check_transition
@@ -631,22 +631,22 @@ class ConstellationDeviceManager:
         session: ClientSession | None = None
         outcome: Outcome | None = None
         try:
-            async with AsyncExitStack() as stack:
-                # Phase 2: the WebSocket. The phase's scope bounds the opening only, not the link's life.
-                with self._enter_phase(device, Phase.CONNECT) as connecting:
-                    link = await stack.enter_async_context(
-                        open_link(device.connect_url, ssl_context=device.ssl_context)
-                    )
-                if connecting.cancelled_caught:
-                    return timed_out(Phase.CONNECT, self._timeouts)
+            # Phase 2: the WebSocket. The phase's scope bounds the opening only, not the link's life.
+            with self._enter_phase(device, Phase.CONNECT) as connecting:
+                link = await connect_link(device.connect_url, ssl_context=device.ssl_context)
+            if connecting.cancelled_caught:
+                return timed_out(Phase.CONNECT, self._timeouts)
+            try:
                 self._set_status(device, DeviceStatus.CONNECTED)
-                conn = await stack.enter_async_context(trio.open_nursery())
-                device_id = device.profile.device_id
-                session = device.session = ClientSession(
-                    link, conn.cancel_scope, device_id, client_id=self.client_id(device_id)
-                )
-                await conn.start(session.read_loop)
-                outcome = await self._register_and_serve(device, session)
+                async with trio.open_nursery() as conn:
+                    device_id = device.profile.device_id
+                    session = device.session = ClientSession(
+                        link, conn.cancel_scope, device_id, client_id=self.client_id(device_id)
+                    )
+                    await conn.start(session.read_loop)
+                    outcome = await self._register_and_serve(device, session)
+            finally:
+                await link.aclose()  # shielded and bounded by the link itself
         except LinkError as exc:
             # A failure while the link closes never replaces a verdict already reached on it (a rejection, a
             # timeout, why the link ended): a duplicate-id rejection must not turn into a retryable "closed".
@@ -696,13 +696,13 @@ class ConstellationDeviceManager:
             why = "timed out" if fetching.cancelled_caught else "no system info available"
             logger.info("device %s: telemetry skipped (%s)", profile.device_id, why)
 
-    async def _stay_active(self, device: _Device, session: ClientSession) -> None:
-        """Phase 5: IDLE, ready for tasks; the runner itself then keeps the link alive until it ends (one task
-        fewer per device than a heartbeat task)."""
+    def _stay_active(self, device: _Device, session: ClientSession) -> Coroutine[Any, Any, None]:
+        """Phase 5: IDLE, ready for tasks; returns the keep-alive for the runner itself to await until the link
+        ends (one task fewer per device than a heartbeat task, and no frame of this method kept per device)."""
         self._enter_phase(device, Phase.ACTIVE)  # unbounded: the phase lasts as long as the link
         on_missed = self._activate(device, session)
         settings = self.settings
-        await keep_alive(
+        return keep_alive(
             session,
             builders.constellation_client_id(self.task_name, device.profile.device_id),
             interval=settings.heartbeat_interval,

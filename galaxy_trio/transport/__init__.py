@@ -16,7 +16,7 @@ Timeouts belong to callers: wrap :func:`open_link` or :meth:`Link.receive` in ``
 
 from ..aip.close_codes import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA
 from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE, DEFAULT_MAX_FRAME, Link
-from .client import ClientLink, LinkState, open_link
+from .client import ClientLink, LinkState, connect_link, open_link
 from .server import LinkHandler, LinkRequest, ServerLink, serve_links
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "LinkRequest",
     "LinkState",
     "ServerLink",
+    "connect_link",
     "open_link",
     "serve_links",
 ]

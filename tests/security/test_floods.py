@@ -8,6 +8,7 @@ heartbeat round trips under them are measured by ``benchmarks/floods.py``.
 
 from __future__ import annotations
 
+import itertools
 import socket
 
 import pytest
@@ -25,10 +26,12 @@ from galaxy_trio.aip import (
     encode_text,
 )
 from galaxy_trio.aip.builders import DEVICE_DISCONNECTED
+from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
 from galaxy_trio.server import AIPServer, ServerSettings
 from galaxy_trio.server.rules import FRAME_RATE_EXCEEDED, FrameBudget
 from galaxy_trio.server.sessions import SessionHandle
 
+from ..manager.peer import DEVICE_INFO_RESPONSE, HEARTBEAT_ACK, ScriptedPeer, patched
 from ..server._peers import TOKEN, open_peer, start_server
 from ._rawws import RawWebSocket
 
@@ -272,3 +275,35 @@ async def test_a_client_that_reads_none_of_its_answers_is_closed_at_the_send_dea
         assert trio.current_time() - start == pytest.approx(4.0, abs=0.6)
         await deaf.stream.aclose()
         await bystander.assert_quiet(BYSTANDER, ClientType.DEVICE)
+
+
+# --- a manager flooded by one of its servers ----------------------------------------------------------------------
+
+
+async def test_a_manager_flooded_by_one_server_keeps_its_other_devices_heartbeats_on_time(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Device a's server sends 2,000 frames a (virtual) second for 10 s: unsolicited acks and DEVICE_INFO answers
+    nobody asked for. Device b, on a calm server, keeps a heartbeat every interval throughout, and a stays IDLE
+    (the frames are harmless, only many). The real-time figure comes from ``benchmarks/floods.py``."""
+    flooding, calm = ScriptedPeer(), ScriptedPeer()
+    await nursery.start(flooding.serve)
+    await nursery.start(calm.serve)
+    unsolicited = [HEARTBEAT_ACK, patched(DEVICE_INFO_RESPONSE, response_id="nobody-asked")]
+    async with ConstellationDeviceManager(task_name="tt", heartbeat_interval=1.0, heartbeat_timeout=5.0) as manager:
+        assert await manager.register_device("a", flooding.url)
+        assert await manager.register_device("b", calm.url)
+        (conn,) = flooding.live
+        start = trio.current_time()
+        for _ in range(1000):  # 10 virtual seconds, 20 frames every 10 ms
+            for i in range(20):
+                await conn.send(unsolicited[i % 2])
+            await trio.sleep(0.01)
+        end = trio.current_time()
+        for device_id in ("a", "b"):
+            profile = manager.get_device_info(device_id)
+            assert profile is not None and profile.status is DeviceStatus.IDLE, profile
+    beats = [t for t, _ in calm.heartbeat_times() if start <= t <= end]
+    assert len(beats) >= 9
+    assert [b - a for a, b in itertools.pairwise(beats)] == [pytest.approx(1.0, abs=0.02)] * (len(beats) - 1)
+    assert len(flooding.connections) == 1  # a's link was never dropped

@@ -23,6 +23,7 @@ modules=(
   "backoff|galaxy_trio/backoff.py|tests/test_helpers.py tests/mutation_kills"
   "profile|galaxy_trio/manager/profile.py|tests/manager/test_profile.py tests/manager/test_state.py tests/mutation_kills"
   "messages|galaxy_trio/aip/messages.py|tests/test_aip_codec.py tests/protocol tests/mutation_kills"
+  "builders|galaxy_trio/aip/builders.py|tests/test_aip_codec.py tests/protocol tests/server/test_server_messages.py tests/server/test_server_registration.py tests/manager/test_phases.py tests/mutation_kills"
   "codec|galaxy_trio/aip/codec.py|tests/test_aip_codec.py tests/mutation_kills"
   "lease|galaxy_trio/fleet/lease.py|tests/fleet/test_lease.py tests/mutation_kills"
   "rules|galaxy_trio/server/rules.py|tests/server/test_server_rules.py tests/security/test_floods.py tests/mutation_kills"
@@ -67,13 +68,16 @@ for entry in "${modules[@]}"; do
       mutmut show "$m" >>"$out/$name.survivors.diff" 2>&1 || true
     done
   )
-  python - "$name" "$file" "$out/$name.stats.json" <<'EOF'
+  python - "$name" "$file" "$out/$name.stats.json" "$out/$name.run.log" <<'EOF'
 import json, sys
-name, file, path = sys.argv[1:]
+name, file, path, log = sys.argv[1:]
 try:
     s = json.load(open(path))
 except OSError:
-    print(f"{name} {file} no figures (see the run log)")
+    if "could not find any test case for any mutant" in open(log, errors="replace").read():
+        print(f"{name} {file} no mutants: mutmut mutates function bodies only, and this file has none")
+    else:
+        print(f"{name} {file} no figures (see {log})")
     raise SystemExit
 tested = s["total"] - s.get("skipped", 0) - s.get("no_tests", 0)
 killed = s["killed"] + s.get("timeout", 0)

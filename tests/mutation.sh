@@ -50,7 +50,8 @@ for entry in "${modules[@]}"; do
     echo "[mutmut]"
     echo "source_paths=galaxy_trio"
     echo "only_mutate=$file"
-    echo "pytest_add_cli_args=-p no:cacheprovider -q -p no:randomly"
+    # A test that reads a module's imports sees mutmut's own (its trampoline): not a mutant's doing, so left out.
+    echo "pytest_add_cli_args=-p no:cacheprovider -q --deselect=tests/server/test_server_rules.py::test_rules_build_on_the_protocol_layer_only"
     echo "pytest_add_cli_args_test_selection="
     for t in $tests; do
       [ -e "$scratch/$t" ] && echo "    $t"
@@ -79,10 +80,14 @@ except OSError:
     else:
         print(f"{name} {file} no figures (see {log})")
     raise SystemExit
-tested = s["total"] - s.get("skipped", 0) - s.get("no_tests", 0)
+# A mutant no selected test even runs ("no tests") counts as a survivor, as in mutmut's own score.
+tested = s["total"] - s.get("skipped", 0)
 killed = s["killed"] + s.get("timeout", 0)
 score = 100 * killed / tested if tested else 0.0
-print(f"{name} {file} killed={killed} survived={s['survived']} no_tests={s.get('no_tests', 0)} total={s['total']} score={score:.1f}%")
+print(
+    f"{name} {file} killed={killed} survived={s['survived']} no_tests={s.get('no_tests', 0)} "
+    f"suspicious={s.get('suspicious', 0)} total={s['total']} score={score:.1f}%"
+)
 EOF
   rm -rf "$scratch"
 done

@@ -51,7 +51,10 @@ for entry in "${modules[@]}"; do
     echo "source_paths=galaxy_trio"
     echo "only_mutate=$file"
     # A test that reads a module's imports sees mutmut's own (its trampoline): not a mutant's doing, so left out.
-    echo "pytest_add_cli_args=-p no:cacheprovider -q --deselect=tests/server/test_server_rules.py::test_rules_build_on_the_protocol_layer_only"
+    echo "pytest_add_cli_args="
+    echo "    -p"
+    echo "    no:cacheprovider"
+    echo "    --deselect=tests/server/test_server_rules.py::test_rules_build_on_the_protocol_layer_only"
     echo "pytest_add_cli_args_test_selection="
     for t in $tests; do
       [ -e "$scratch/$t" ] && echo "    $t"

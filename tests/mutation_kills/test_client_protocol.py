@@ -298,3 +298,26 @@ def test_a_device_takes_anything_but_a_confirmation_as_a_broken_server() -> None
         Verdict(Outcome("expected a heartbeat/ok registration confirmation, got device_info_response/ok"))
     ]
     assert protocol.state is RegistrationState.REJECTED
+
+
+def test_a_heartbeat_timeout_under_a_second_is_allowed() -> None:
+    assert Heartbeats(0.2, 0.5, 0.0).timeout == 0.5
+
+
+def test_an_early_beat_keeps_the_cadence_of_the_plan() -> None:
+    beats = Heartbeats(2.0, 5.0, 0.0)
+    beats.beat_sent(1.0)  # sent before it was due: the next is still one interval after the planned one
+    assert beats.heartbeat_due_at == 4.0
+    beats.beat_sent(3.5)
+    assert beats.heartbeat_due_at == 6.0
+
+
+def test_a_reply_without_an_id_answers_nothing_whatever_our_ids_are() -> None:
+    protocol = _registered()
+    protocol.device_info_request("dev", "XXXX")
+    protocol.expect_task("XXXX")
+    info = builders.device_info_response(None, {})
+    assert protocol.receive(info, 101.0) == [Unsolicited("DEVICE_INFO_RESPONSE for no request of ours")]
+    end = builders.task_end(session_id="", status=TaskStatus.COMPLETED, result=[])
+    end.session_id = None
+    assert protocol.receive(end, 101.0) == [Unsolicited("TASK_END for a session that is not ours", end)]

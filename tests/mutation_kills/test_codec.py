@@ -78,7 +78,7 @@ def test_encode_text_is_the_utf8_text_of_encode() -> None:
 
 def test_json_error_says_why_a_value_cannot_be_sent() -> None:
     assert json_error({"a": [1, 2.5, None, "x"]}) is None
-    assert "Encoding objects of type object is unsupported" in (json_error(object()) or "")
+    assert json_error(object()) == "Encoding objects of type object is unsupported"  # msgspec's text, as is
     loop: list[object] = []
     loop.append(loop)
     assert (json_error(loop) or "").startswith("RecursionError: ")

@@ -27,6 +27,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--callers", type=int, default=8, help="concurrent callers of assign_task_to_device")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load")
     parser.add_argument("--fault-every", type=float, default=4.0, help="mean seconds between faults")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds of load before the RSS/fd baseline")
     _common.add_out_argument(parser)
     return parser.parse_args(argv)
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             callers=args.callers,
             seed=args.seed,
             fault_every=args.fault_every,
+            warmup=args.warmup,
         )
     )
     figures = {"environment": _common.environment(), **report.figures()}

@@ -68,8 +68,11 @@ class SoakReport:
     callers: int = 0
     results_by_kind: Counter[str] = field(default_factory=Counter)
     raised: list[str] = field(default_factory=list)
-    executions: Counter[str] = field(default_factory=Counter)
-    completed_tokens: list[str] = field(default_factory=list)
+    #: Per caller, one byte per task (its n-th call at index n): how often the device ran it. Constant-size
+    #: bookkeeping, so that the soak's own records do not show up as RSS drift.
+    executions: dict[int, bytearray] = field(default_factory=dict)
+    #: Per caller, one byte per task: 1 when its TaskResult said completed.
+    completed: dict[int, bytearray] = field(default_factory=dict)
     peak_overlap: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     recoveries: list[tuple[str, float]] = field(default_factory=list)
@@ -98,10 +101,15 @@ class SoakReport:
         if self.results + self.cut_short != self.calls or self.cut_short > self.callers:
             found.append(f"{self.calls} calls but {self.results} results ({self.cut_short} cut short at the end)")
         found += [f"a call raised: {text}" for text in self.raised]
-        twice = sorted(token for token, n in self.executions.items() if n > 1)
+        twice = [f"c{c}-{n}" for c, runs in self.executions.items() for n, k in enumerate(runs) if k > 1]
         if twice:
             found.append(f"tasks executed more than once: {twice[:10]}")
-        missing = [token for token in self.completed_tokens if self.executions[token] != 1]
+        missing = [
+            f"c{c}-{n}"
+            for c, done in self.completed.items()
+            for n, ok in enumerate(done)
+            if ok and _count(self.executions, c, n) != 1
+        ]
         if missing:
             found.append(f"completed tasks the device never ran exactly once: {missing[:10]}")
         if self.peak_overlap > 1:
@@ -119,7 +127,7 @@ class SoakReport:
             "results": self.results,
             "cut_short_at_end": self.cut_short,
             "results_by_kind": dict(self.results_by_kind),
-            "executions": sum(self.executions.values()),
+            "executions": sum(sum(runs) for runs in self.executions.values()),
             "faults": dict(self.faults),
             "faults_total": sum(self.faults.values()),
             "worst_recovery_s": round(self.worst_recovery, 2),
@@ -133,6 +141,25 @@ class SoakReport:
         }
 
 
+def _count(table: dict[int, bytearray], caller: int, n: int) -> int:
+    runs = table.get(caller)
+    return runs[n] if runs is not None and n < len(runs) else 0
+
+
+def _bump(table: dict[int, bytearray], caller: int, n: int, value: int | None = None) -> None:
+    """Add one to (or set) the byte of task ``n`` of ``caller``, growing the table as needed."""
+    runs = table.setdefault(caller, bytearray())
+    if n >= len(runs):
+        runs.extend(bytes(n + 1 - len(runs) + 1024))
+    runs[n] = value if value is not None else min(runs[n] + 1, 255)
+
+
+def _parse(token: str) -> tuple[int, int]:
+    """``c<caller>-<n>`` → (caller, n)."""
+    caller, n = token[1:].split("-")
+    return int(caller), int(n)
+
+
 class _Workload:
     """The devices' ``work`` tool and its bookkeeping, shared by every incarnation of every agent."""
 
@@ -144,7 +171,7 @@ class _Workload:
         async def work(token: str, ms: int = 0) -> str:
             """Record one execution of ``token`` on this device, take ``ms`` milliseconds."""
             report = self._report
-            report.executions[token] += 1
+            _bump(report.executions, *_parse(token))
             self._running[device_id] += 1
             report.peak_overlap = max(report.peak_overlap, self._running[device_id])
             try:
@@ -231,7 +258,7 @@ async def _caller(
         assert isinstance(result, TaskResult)
         report.results_by_kind[result.status if result.ok else f"failed/{result.error_type}"] += 1
         if result.ok:
-            report.completed_tokens.append(token)
+            _bump(report.completed, number, n, 1)
         await trio.sleep(rng.uniform(0.0, 0.05))
 
 

@@ -413,4 +413,8 @@ class _Connection:
         for constellation in list(record.scoped):
             if constellation.on_target_gone is not None:
                 constellation.on_target_gone()
+        record.gone = True
+        for pending in record.pending.values():
+            if pending.abandoned:  # nothing will answer it now: the sessions waiting on the device go on
+                pending.done.set()
         logger.info("%s unregistered", self._who)

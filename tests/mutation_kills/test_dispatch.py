@@ -34,14 +34,14 @@ def server_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFi
         yield caplog
 
 
-def _lines(caplog: pytest.LogCaptureFixture, *parts: str) -> list[str]:
-    """Log lines containing every one of ``parts``."""
-    return [r.getMessage() for r in caplog.records if all(p in r.getMessage() for p in parts)]
+def _lines(caplog: pytest.LogCaptureFixture, start: str, end: str) -> list[str]:
+    """Log lines that start with ``start`` and end with ``end``."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(start) and r.getMessage().endswith(end)]
 
 
 def _one(caplog: pytest.LogCaptureFixture, who: str, what: str) -> None:
     """Exactly one line ``<who> (<remote>)<what>``: the client named as the server names it, then the event."""
-    lines = [line for line in _lines(caplog, what) if line.startswith(f"{who} (") and line.endswith(what)]
+    lines = _lines(caplog, f"{who} (", what)
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]
 
 
@@ -178,3 +178,48 @@ async def test_a_bug_in_handling_a_frame_costs_that_frame_and_is_logged_with_its
         )
         await constellation.assert_quiet("t@dev", ClientType.CONSTELLATION)
     _one(server_log, "internal error handling a device_info_request frame from constellation 't@dev'", "")
+
+
+async def _serve(ctx: ServerContext, link: _ScriptedLink, nursery: trio.Nursery, register: str) -> None:
+    await link.inbox_send.send(register)
+    nursery.start_soon(handle_connection, ctx, link, "peer")  # type: ignore[arg-type]
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_spent_frame_budget_closes_1008_and_is_logged_with_the_budget(
+    autojump_clock: trio.testing.MockClock, server_log: pytest.LogCaptureFixture
+) -> None:
+    ctx = ServerContext(
+        ClientRegistry(), ServerSettings(frame_rate=1.0, frame_burst=2, ping_interval=None), default_driver
+    )
+    link = _ScriptedLink()
+    async with trio.open_nursery() as nursery:
+        await _serve(ctx, link, nursery, encode_text(builders.device_register("f", platform="linux", system_info=None)))
+        for _ in range(3):
+            await link.inbox_send.send(encode_text(builders.heartbeat("f", ClientType.DEVICE)))
+    assert [(code, reason) for code, reason, _ in link.closes] == [(1008, "frame rate exceeded")]
+    _one(server_log, "device 'f'", " exceeded its frame budget (1/s, burst 2); closing")
+
+
+async def test_a_stop_while_a_reply_is_being_sent_lets_the_reply_finish(autojump_clock: trio.testing.MockClock) -> None:
+    """A scoped constellation whose device goes away is stopped; its reader, busy sending an answer, is not cut
+    in the middle of it: the close comes when that send gives up (``send_deadline``), then the last ERROR's own
+    bound (``cancel_grace``), not at once."""
+    settings = ServerSettings(send_deadline=5.0, cancel_grace=2.0, ping_interval=None)
+    ctx = ServerContext(ClientRegistry(), settings, default_driver)
+    device, constellation = _ScriptedLink(), _ScriptedLink()
+    async with trio.open_nursery() as nursery:
+        await _serve(
+            ctx, device, nursery, encode_text(builders.device_register("d", platform="linux", system_info=None))
+        )
+        await _serve(ctx, constellation, nursery, encode_text(builders.constellation_register("t", "d")))
+        constellation.stalled = True
+        await constellation.inbox_send.send(encode_text(builders.heartbeat("t@d", ClientType.CONSTELLATION)))
+        await trio.testing.wait_all_tasks_blocked()  # its reader is now sending the ack, which cannot leave
+        start = trio.current_time()
+        device.inbox_send.close()  # the device goes away: the constellation is stopped
+        await trio.testing.wait_all_tasks_blocked()
+        assert not constellation.closes  # not cut mid-reply
+    code, reason, at = constellation.closes[0]
+    assert (code, reason) == (1000, "target device disconnected")
+    assert at == pytest.approx(start + 5.0 + 2.0)

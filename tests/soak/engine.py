@@ -83,6 +83,8 @@ class SoakReport:
     fds_warm: int = 0
     fds_end: int = 0
     leftover_tasks: list[str] = field(default_factory=list)
+    #: (seconds since the baseline, RSS MiB, fds), about every 30 s: a leak climbs, a warm-up flattens.
+    samples: list[tuple[float, float, int]] = field(default_factory=list)
 
     @property
     def worst_recovery(self) -> float:
@@ -137,6 +139,7 @@ class SoakReport:
             "rss_drift_pct": round(100 * self.rss_drift, 1),
             "fds_warm": self.fds_warm,
             "fds_end": self.fds_end,
+            "samples": self.samples,
             "violations": self.violations(),
         }
 
@@ -318,8 +321,16 @@ async def run_soak(
                     load.start_soon(_caller, number, manager, ids, random.Random(rng.random()), report)
                 await trio.sleep(warmup)
                 report.rss_warm, report.fds_warm = _usage()
-                deadline = trio.current_time() + seconds
+                baseline_at = trio.current_time()
+                deadline = baseline_at + seconds
+                next_sample = baseline_at + 30.0
                 while trio.current_time() < deadline:
+                    if trio.current_time() >= next_sample:
+                        rss, fds = _usage()
+                        report.samples.append(
+                            (round(trio.current_time() - baseline_at), round(rss / (1 << 20), 1), fds)
+                        )
+                        next_sample += 30.0
                     await trio.sleep(rng.uniform(0.5, 1.5) * fault_every)
                     fault = rng.choice(FAULTS)
                     report.faults[fault] += 1

@@ -25,9 +25,10 @@ class ServerSettings:
       task. UFO waits 6000 s; Galaxy itself gives up on a whole task after 300 s.
     - ``cancel_grace``: how long the server may spend telling peers that a session was cancelled (TASK_END
       ``failed``) and sending a last ERROR frame before a close. Cleanup is bounded, never a hang.
-    - ``send_deadline``: how long one TASK_END may take to leave for one peer. A peer that stops reading fills its
-      TCP window and would otherwise hold the session, and the device's queue behind it, forever; past the
-      deadline that peer's link is closed and the other side of the session is still told.
+    - ``send_deadline``: how long any one frame to a peer (an answer, a COMMAND, a TASK_END) may take to leave. A
+      peer that stops reading fills its TCP window and would otherwise hold the sender, a session and the
+      device's queue behind it, forever; past the deadline that peer's link is closed with 1008 ("not reading")
+      and the other side of a session is still told.
     - ``ping_interval`` / ``ping_timeout``: WebSocket keepalive, as UFO's server does (uvicorn: 20 s / 20 s). A
       peer that does not answer a ping in time is closed with 1011, so a vanished peer never stays registered.
       ``ping_interval=None`` turns keepalive off.

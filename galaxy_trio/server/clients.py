@@ -42,6 +42,9 @@ class PendingCommand:
     session_id: str
     done: trio.Event = field(default_factory=trio.Event)
     results: list[Result] | None = None
+    #: Its session was cancelled after it went out: the device may still be running it, so the device's next
+    #: session waits for its results (or the device's disconnection, which sets ``done``).
+    abandoned: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -65,6 +68,8 @@ class ClientRecord:
     #: Sessions holding the lock now (0 or 1), and the most that ever did at once (a check that stays at 1).
     active: int = 0
     peak: int = 0
+    #: Set when its connection ends: nothing it was sent will be answered any more.
+    gone: bool = False
 
     @classmethod
     def from_registration(cls, registration: Registration, link: Link) -> ClientRecord:

@@ -9,11 +9,18 @@ cleanup runs: the client leaves the registry, sessions on it as a device fail at
 sessions it asked for are cancelled with their device told, constellations registered for it (as a device) are
 told and closed, and the socket is closed with a code and a reason. No connection is ever left open and unread
 (UFO's zombie sockets, §11.3), nor registered with nothing left to do.
+
+Two bounds keep one peer from costing the others: every frame it sends spends its frame budget
+(:class:`~.rules.FrameBudget`; an exhausted budget closes it with 1008), and every frame sent to it, by its own
+reader or by a session (a COMMAND, a TASK_END), must leave within ``send_deadline``, or it is closed with 1008
+("not reading"): a peer that reads nothing holds a blocked send for that long at most, never the server's memory
+or a session forever.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -27,6 +34,7 @@ from ..aip import (
     ServerMessage,
     builders,
     decode_client_message,
+    encode_text,
 )
 from ..errors import BinaryFrame, LinkClosed
 from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ServerLink
@@ -36,7 +44,7 @@ from .sessions import Session, SessionDriver, deliver_command_results
 from .settings import ServerSettings
 from .stats import ServerStats
 
-__all__ = ["ServerContext", "handle_connection"]
+__all__ = ["BoundedLink", "ServerContext", "handle_connection"]
 
 logger = logging.getLogger("galaxy_trio.server")
 
@@ -44,6 +52,7 @@ CLOSE_INTERNAL_ERROR: Final = 1011
 BINARY_FRAME_ERROR: Final = "Binary frames are not supported: AIP frames are JSON text"
 #: How much of a client's ERROR text goes into the server log.
 _LOGGED_CHARS: Final = 300
+NOT_READING: Final = "not reading"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +70,45 @@ async def handle_connection(ctx: ServerContext, link: ServerLink, remote: str) -
     await _Connection(ctx, ctx.stats.count(link), remote).run()
 
 
+class BoundedLink:
+    """A connection's link as the server's tasks send on it: each frame must leave within ``deadline`` seconds.
+
+    A send that does not (the peer stopped reading and its TCP window is full) calls ``on_stuck``, which ends the
+    connection, and raises :class:`LinkClosed` (1008, "not reading") to the sender, so a session waiting to send a
+    COMMAND or a TASK_END to a peer that reads nothing fails at the deadline instead of hanging on it.
+    """
+
+    __slots__ = ("_deadline", "_link", "_on_stuck")
+
+    def __init__(self, link: ServerLink, deadline: float, on_stuck: Callable[[], None]) -> None:
+        self._link = link
+        self._deadline = deadline
+        self._on_stuck = on_stuck
+
+    @property
+    def closed(self) -> bool:
+        return self._link.closed
+
+    async def send(self, message: ClientMessage | ServerMessage) -> None:
+        await self.send_text(encode_text(message))
+
+    async def send_text(self, text: str) -> None:
+        with trio.move_on_after(self._deadline) as sending:
+            await self._link.send_text(text)
+        if sending.cancelled_caught:
+            self._on_stuck()
+            raise LinkClosed(CLOSE_POLICY_VIOLATION, NOT_READING)
+
+    async def receive(self) -> str:
+        return await self._link.receive()
+
+    async def aclose(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
+        await self._link.aclose(code, reason)
+
+
 class _Connection:
     __slots__ = (
+        "_budget",
         "_close_code",
         "_close_reason",
         "_ctx",
@@ -71,6 +117,7 @@ class _Connection:
         "_keepalive_scope",
         "_link",
         "_nursery",
+        "_out",
         "_reader_scope",
         "_receiving",
         "_record",
@@ -82,6 +129,8 @@ class _Connection:
     def __init__(self, ctx: ServerContext, link: ServerLink, remote: str) -> None:
         self._ctx = ctx
         self._link = link
+        self._out = BoundedLink(link, ctx.settings.send_deadline, self._not_reading)
+        self._budget = rules.FrameBudget(ctx.settings.frame_rate, ctx.settings.frame_burst, trio.current_time())
         self._remote = remote
         self._record: ClientRecord | None = None
         self._target: ClientRecord | None = None
@@ -113,7 +162,7 @@ class _Connection:
                     nursery.start_soon(self._keepalive, self._ctx.settings.ping_interval)
                 with self._reader_scope:
                     try:
-                        await self._link.send(builders.registration_confirmation())
+                        await self._out.send(builders.registration_confirmation())
                         await self._read_loop(record)
                     except LinkClosed as exc:
                         logger.info("%s disconnected (%s)", self._who, exc)
@@ -169,7 +218,7 @@ class _Connection:
             logger.warning("registration from %s refused: %s", self._remote, decision.error)
             await self._refuse(decision.error, decision.close_code, decision.close_reason)
             return None
-        record = ClientRecord.from_registration(decision, self._link)
+        record = ClientRecord.from_registration(decision, self._out)
         ctx.registry.add(record)
         self._record = record
         if record.target_id is not None:
@@ -194,6 +243,7 @@ class _Connection:
 
     async def _read_loop(self, record: ClientRecord) -> None:
         link = self._link
+        budget = self._budget
         while not self._stopping:
             self._receiving = True
             try:
@@ -205,6 +255,12 @@ class _Connection:
                 return
             finally:
                 self._receiving = False
+            if not budget.take(trio.current_time()):
+                logger.warning(
+                    "%s exceeded its frame budget (%g/s, burst %d); closing", self._who, budget.rate, budget.burst
+                )
+                self._stop(budget.refusal(), CLOSE_POLICY_VIOLATION, rules.FRAME_RATE_EXCEEDED)
+                return
             await self._handle(record, frame)
 
     async def _handle(self, record: ClientRecord, frame: str) -> None:
@@ -302,10 +358,10 @@ class _Connection:
     # --- sending ------------------------------------------------------------------------------------------------
 
     async def _send(self, message: ServerMessage) -> None:
-        await self._link.send(message)
+        await self._out.send(message)
 
     async def _reply_error(self, text: str) -> None:
-        await self._link.send(builders.server_error(text))
+        await self._out.send(builders.server_error(text))
 
     async def _send_final_error(self) -> None:
         if self._final_error is None or self._link.closed:
@@ -333,6 +389,13 @@ class _Connection:
                     logger.warning("%s did not answer a ping within %g s; closing", self._who, timeout)
                     self._stop(None, CLOSE_INTERNAL_ERROR, "keepalive ping timeout", force=True)
                     return
+
+    def _not_reading(self) -> None:
+        """A frame for this peer did not leave within ``send_deadline``: it reads nothing, so it is closed."""
+        logger.warning(
+            "%s took no frame within %g s (not reading); closing", self._who, self._ctx.settings.send_deadline
+        )
+        self._stop(None, CLOSE_POLICY_VIOLATION, NOT_READING, force=True)
 
     def _target_gone(self) -> None:
         """This scoped constellation's device disconnected: the link has no purpose left, so it is closed rather
@@ -362,4 +425,8 @@ class _Connection:
         for constellation in list(record.scoped):
             if constellation.on_target_gone is not None:
                 constellation.on_target_gone()
+        record.gone = True
+        for pending in record.pending.values():
+            if pending.abandoned:  # nothing will answer it now: the sessions waiting on the device go on
+                pending.done.set()
         logger.info("%s unregistered", self._who)

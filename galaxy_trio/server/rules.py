@@ -30,10 +30,12 @@ __all__ = [
     "DEVICE_INFO_CONSTELLATIONS_ONLY",
     "DEVICE_INFO_NOT_AUTHORIZED",
     "DEVICE_TARGETS_OTHER",
+    "FRAME_RATE_EXCEEDED",
     "TASK_NEEDS_TARGET",
     "TASK_TARGET_NOT_DEVICE",
     "ClientView",
     "DeviceInfoAnswer",
+    "FrameBudget",
     "Registration",
     "Rejection",
     "SessionIndex",
@@ -57,6 +59,8 @@ TASK_TARGET_NOT_DEVICE: Final = "Constellation tasks may only target device clie
 DEVICE_TARGETS_OTHER: Final = "Device clients may not target other devices"
 DEVICE_INFO_CONSTELLATIONS_ONLY: Final = "DEVICE_INFO_REQUEST is permitted only for constellation clients"
 DEVICE_INFO_NOT_AUTHORIZED: Final = "Not authorized to request device info for this device"
+#: The close reason of a connection that spent its frame budget.
+FRAME_RATE_EXCEEDED: Final = "frame rate exceeded"
 
 #: How much of a client-supplied id an error text or a log line quotes.
 _SHOWN_CHARS: Final = 128
@@ -294,3 +298,36 @@ def check_task(
         )
     task_name = msg.task_name if msg.task_name is not None else make_id()
     return TaskPlan(device_id, session_id, task_name, msg.request)
+
+
+class FrameBudget:
+    """One connection's frame budget: a token bucket of ``burst`` frames, refilled at ``rate`` frames a second.
+
+    Pure: the caller passes the time (``trio.current_time()`` on the server), so the decision is tested without a
+    clock. The bucket starts full; each frame takes one token; a frame that finds less than one token is refused.
+    """
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token for a frame arriving at ``now``; False (nothing spent) when the budget is exhausted."""
+        if now > self._stamp:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def refusal(self) -> str:
+        """The ERROR text for a peer that exceeded the budget."""
+        return (
+            f"Too many frames: this connection may send {self.burst} frames at once "
+            f"and {self.rate:g} frames per second after that"
+        )

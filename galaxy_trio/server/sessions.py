@@ -92,6 +92,7 @@ class CommandChannel:
     """
 
     __slots__ = (
+        "_abandoned",
         "_agent_name",
         "_closed",
         "_device",
@@ -112,6 +113,8 @@ class CommandChannel:
         #: Set when a COMMAND went unanswered: the device's state is unknown, so nothing more is sent to it.
         self._unanswered: str | None = None
         self._closed = False
+        #: The COMMAND this session was cancelled in the middle of (the device may still be running it).
+        self._abandoned: tuple[str, PendingCommand] | None = None
 
     @property
     def can_finish(self) -> bool:
@@ -130,6 +133,21 @@ class CommandChannel:
     async def finish(self) -> None:
         """UFO's last step: a COMMAND with ``actions: []``, which the device answers with ``action_results: []``."""
         await self.send([])
+
+    async def wait_abandoned(self) -> None:
+        """After a cancellation: until the device has answered the COMMAND it was left running (or gone away,
+        or ``command_deadline`` passed), so that the device's next session never overlaps it on the device."""
+        if self._abandoned is None:
+            return
+        response_id, pending = self._abandoned
+        if self._device.gone:
+            self._device.pending.pop(response_id, None)
+            return
+        try:
+            with trio.move_on_after(self._settings.command_deadline):
+                await pending.done.wait()
+        finally:
+            self._device.pending.pop(response_id, None)
 
     async def _exchange(self, actions: list[Command]) -> list[Result]:
         if self._closed:
@@ -152,10 +170,16 @@ class CommandChannel:
                 await device.link.send(frame)
             except LinkClosed:
                 raise DeviceDisconnected() from None
-            with trio.move_on_after(self._settings.command_deadline):
-                await pending.done.wait()
+            try:
+                with trio.move_on_after(self._settings.command_deadline):
+                    await pending.done.wait()
+            except trio.Cancelled:
+                pending.abandoned = True  # it went out: the device may be running it still
+                self._abandoned = (response_id, pending)
+                raise
         finally:
-            device.pending.pop(response_id, None)
+            if not pending.abandoned:
+                device.pending.pop(response_id, None)
         if pending.results is None:
             tools = ", ".join(shown(a.tool_name) for a in actions) or "the final COMMAND with no actions"
             self._unanswered = (
@@ -380,6 +404,7 @@ class Session:
             delivering = True
             with trio.move_on_after(settings.cancel_grace if cancelled else math.inf):
                 await self._deliver(outcome)
+            await self._commands.wait_abandoned()  # still holding the device's lock
         except trio.Cancelled:
             self._finished = True
             self._settle()

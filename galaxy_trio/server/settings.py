@@ -25,14 +25,21 @@ class ServerSettings:
       task. UFO waits 6000 s; Galaxy itself gives up on a whole task after 300 s.
     - ``cancel_grace``: how long the server may spend telling peers that a session was cancelled (TASK_END
       ``failed``) and sending a last ERROR frame before a close. Cleanup is bounded, never a hang.
-    - ``send_deadline``: how long one TASK_END may take to leave for one peer. A peer that stops reading fills its
-      TCP window and would otherwise hold the session, and the device's queue behind it, forever; past the
-      deadline that peer's link is closed and the other side of the session is still told.
+    - ``send_deadline``: how long any one frame to a peer (an answer, a COMMAND, a TASK_END) may take to leave. A
+      peer that stops reading fills its TCP window and would otherwise hold the sender, a session and the
+      device's queue behind it, forever; past the deadline that peer's link is closed with 1008 ("not reading")
+      and the other side of a session is still told.
     - ``ping_interval`` / ``ping_timeout``: WebSocket keepalive, as UFO's server does (uvicorn: 20 s / 20 s). A
       peer that does not answer a ping in time is closed with 1011, so a vanished peer never stays registered.
       ``ping_interval=None`` turns keepalive off.
     - ``max_client_id_length``: longer ids are refused at REGISTER (ids are echoed in error texts and logs).
     - ``max_tasks_per_device``: running plus queued sessions one device may have; further TASKs get an error.
+    - ``frame_rate`` / ``frame_burst``: each connection's frame budget, a token bucket
+      (:class:`~galaxy_trio.server.rules.FrameBudget`) holding ``frame_burst`` frames and refilled at
+      ``frame_rate`` frames per second. A peer that sends a frame with the bucket empty is told so and closed with
+      1008 ("frame rate exceeded"), so one flooding client costs the server a bounded amount of work and never
+      delays the others. Real clients send a heartbeat every few seconds and a handful of frames per task; the
+      defaults leave them orders of magnitude of room.
     """
 
     handshake_deadline: float = 10.0
@@ -44,6 +51,8 @@ class ServerSettings:
     ping_timeout: float = 20.0
     max_client_id_length: int = 256
     max_tasks_per_device: int = 100
+    frame_rate: float = 200.0
+    frame_burst: int = 2000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -52,3 +61,5 @@ class ServerSettings:
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value) or value <= 0:
                 raise ValueError(f"ServerSettings.{f.name} must be a positive number, got {value!r}")
+        if not isinstance(self.frame_burst, int):
+            raise ValueError(f"ServerSettings.frame_burst must be a whole number of frames, got {self.frame_burst!r}")

@@ -27,9 +27,9 @@ def test_timing_defaults_renew_at_a_third_and_keep_a_tenth_as_margin() -> None:
     ],
 )
 def test_timing_rejects_settings_that_would_lose_leases(kwargs: dict[str, float], message: str) -> None:
-    ttl = kwargs.pop("ttl")
+    rest = {key: value for key, value in kwargs.items() if key != "ttl"}  # the parameter itself stays intact
     with pytest.raises(ValueError, match="invalid lease timing") as caught:
-        LeaseTiming.from_ttl(ttl, **kwargs)
+        LeaseTiming.from_ttl(kwargs["ttl"], **rest)
     assert message in str(caught.value)
 
 

@@ -273,6 +273,46 @@ async def test_constellation_disconnect_cancels_the_session_and_tells_the_device
         assert server.online_clients() == {"dev": ClientType.DEVICE}
 
 
+async def test_the_next_session_waits_for_the_command_a_cancelled_session_left_running(server: AIPServer) -> None:
+    """Found by the chaos soak: a requester that went away cancelled its session while the device was still
+    running its COMMAND, and the next session's COMMAND reached the device at once, so two tasks ran on it at
+    the same time. The device's next session now starts only once that COMMAND is answered."""
+    async with open_peer(server) as device, open_peer(server) as second:
+        async with open_peer(server) as first:
+            cid = await connect_pair(server, device, first)
+            await first.send(task(cid, "dev", "anything"))
+            await first.expect_ack("job@t1")
+            running = await device.expect(ServerMessageType.COMMAND, session_id="job@t1")
+        await device.expect(ServerMessageType.TASK_END, session_id="job@t1", status=TaskStatus.FAILED)
+        await second.register(builders.constellation_register("other", "dev"))
+        await second.send(task("other@dev", "dev", "get_system_info", session_id="other@t2"))
+        await second.expect_ack("other@t2")
+        await device.assert_quiet("dev", ClientType.DEVICE)  # no COMMAND for other@t2 while job@t1's one runs
+        assert server.device_load("dev") == DeviceLoad(active=0, peak=1, queued=1)
+        await device.send(results_for(running, "dev", [ok([])]))  # the cancelled COMMAND ends on the device
+        await serve_device(device, "dev", {"get_system_info": lambda _: ok({"os": "linux"})})
+        end = await second.expect(ServerMessageType.TASK_END, session_id="other@t2")
+        assert end.status is TaskStatus.COMPLETED, end
+
+
+async def test_a_device_that_goes_away_mid_command_lets_its_queue_go_on(server: AIPServer) -> None:
+    """The wait for an abandoned COMMAND ends when its device disconnects: the queued sessions fail at once."""
+    async with open_peer(server) as second:
+        async with open_peer(server) as device:
+            async with open_peer(server) as first:
+                cid = await connect_pair(server, device, first)
+                await first.send(task(cid, "dev", "anything"))
+                await first.expect_ack("job@t1")
+                await device.expect(ServerMessageType.COMMAND, session_id="job@t1")
+            await device.expect(ServerMessageType.TASK_END, session_id="job@t1")
+            await second.register(builders.constellation_register("other", "dev"))
+            await second.send(task("other@dev", "dev", "get_system_info", session_id="other@t2"))
+            await second.expect_ack("other@t2")
+        end = await second.expect(ServerMessageType.TASK_END, session_id="other@t2", status=TaskStatus.FAILED)
+        assert end.error == DEVICE_DISCONNECTED
+        assert server.running_sessions() == {}
+
+
 async def test_device_that_never_answers_fails_the_task_at_the_command_deadline(
     server: AIPServer, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -1,0 +1,591 @@
+"""Floods and exhaustion against ``serve`` (issue 15, item 3): a bystander's heartbeat round trips during each.
+
+Three kinds of process, so that the figures are the server's and not the load generator's:
+
+- the AIP server (``--serve``: ``serve_aip`` with the settings below, logging its warnings to a file);
+- the flooder (``--flood KIND``), one per phase, which runs one flood for ``--seconds`` and prints its own figures;
+- this process, which keeps one bystander device registered and sends it a heartbeat every 20 ms, timing each
+  round trip (heartbeat to its ack), and labels every sample with the phase it fell in.
+
+Phases, in order: ``baseline`` (no flood); ``frames`` (one client sending ``--rate`` small frames a second,
+reconnecting each time it is closed); ``frames-unbounded`` (the same against a second server whose frame budget is
+off, for the ratio); ``silent`` (``--silent`` TCP clients that send nothing, each reopened when the server hangs up);
+``held`` (``--held`` devices registered, then held open ``--seconds``, each answering pings; the ramp while they
+connect is reported apart as ``held-ramp``); ``deaf`` (a device that reads nothing
+while a constellation queues TASKs, hence COMMANDs, for it); ``manager`` (a manager in this process with
+``--manager-devices`` devices, one of whose servers floods its link at ``--rate`` frames a second: the gaps between
+the other devices' heartbeats, as their server saw them).
+
+The main server runs with the default settings (frame budget: 200 frames/s, burst 2000) but 5 s handshake and
+registration deadlines; ``frames-unbounded`` and ``deaf`` run against a second server with no frame budget and 5 s
+keepalive and send deadlines, so that each bound shows within a phase (a second bystander measures it).
+
+    python benchmarks/floods.py [--seconds 10] [--rate 10000] [--silent 1000] [--held 5000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import _common
+import psutil
+import trio
+import trio.lowlevel
+from _device_side import describe_load, host_load
+
+from galaxy_trio.aip import (
+    ClientMessageType,
+    ClientType,
+    builders,
+    decode_client_message,
+    decode_server_message,
+    encode_text,
+)
+from galaxy_trio.errors import LinkError
+from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
+from galaxy_trio.redact import url_with_token
+from galaxy_trio.server import ServerSettings, serve_aip
+from galaxy_trio.transport import LinkRequest, open_link, serve_links
+
+TOKEN = "floods-bench-token"
+SCRIPT = Path(__file__).resolve()
+#: The main server: the defaults (frame budget 200/s, burst 2000), with 5 s handshake and registration deadlines so
+#: that the silent clients are dropped within a phase.
+MAIN_SETTINGS: dict[str, Any] = {"handshake_deadline": 5.0, "registration_deadline": 5.0}
+#: The second server: no frame budget (the ratio for the frames flood) and 5 s keepalive and send deadlines, so that
+#: the deaf device is closed within a phase.
+SHORT_SETTINGS: dict[str, Any] = {
+    **MAIN_SETTINGS,
+    "frame_rate": 1e12,
+    "frame_burst": 10**12,
+    "ping_interval": 5.0,
+    "ping_timeout": 5.0,
+    "send_deadline": 5.0,
+}
+BYSTANDER_PERIOD = 0.02
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of ``values``; NaN when empty."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _ws(port: int) -> str:
+    return url_with_token(f"ws://127.0.0.1:{port}/ws", TOKEN)
+
+
+# --- the server process -----------------------------------------------------------------------------------------
+
+
+async def run_server(extra: dict[str, Any]) -> None:
+    settings = ServerSettings(**extra)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, port=0, token=TOKEN, settings=settings))
+        print(server.port, flush=True)
+
+
+# --- the flooders (one process per phase) -------------------------------------------------------------------------
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """One client text frame, built by hand (RFC 6455 §5.2) so that a whole batch goes out in one write: FIN and
+    opcode 1, the mask bit with an all-zero masking key (legal, and XOR with zeros leaves the payload as is)."""
+    n = len(payload)
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 1 << 16:
+        length = bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return b"\x81" + length + b"\0\0\0\0" + payload
+
+
+async def _raw_upgrade(port: int) -> trio.SocketStream:
+    """A TCP stream to the server, past the HTTP upgrade (the answer's head is read and dropped)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    request = (
+        f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await stream.send_all(request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            raise trio.BrokenResourceError("closed during the upgrade")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"upgrade refused: {head[:40]!r}")
+    return stream
+
+
+async def flood_frames(port: int, seconds: float, rate: int) -> dict[str, Any]:
+    """One client at a time writing ``rate`` heartbeat frames a second (in batches every 10 ms, reading and dropping
+    whatever comes back), reconnecting each time the server hangs up."""
+    sent = connections = 0
+    lifetimes: list[float] = []
+    batch_size = max(1, rate // 100)
+    with trio.move_on_after(seconds):
+        while True:
+            connections += 1
+            client_id = f"flooder-{connections}"
+            register = encode_text(builders.device_register(client_id, platform="linux", system_info=None))
+            batch = masked_text_frame(encode_text(builders.heartbeat(client_id, ClientType.DEVICE)).encode())
+            batch *= batch_size
+            opened = trio.current_time()
+            stream = await _raw_upgrade(port)
+            try:
+                await stream.send_all(masked_text_frame(register.encode()))
+                async with trio.open_nursery() as nursery:
+
+                    async def drain(
+                        stream: trio.SocketStream = stream, done: trio.CancelScope = nursery.cancel_scope
+                    ) -> None:
+                        while await stream.receive_some(1 << 16):
+                            pass
+                        done.cancel()
+
+                    nursery.start_soon(drain)
+                    next_at = trio.current_time()
+                    while True:
+                        await stream.send_all(batch)
+                        sent += batch_size
+                        next_at += 0.01
+                        await trio.sleep_until(next_at)
+            except* (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                lifetimes.append(trio.current_time() - opened)
+                await stream.aclose()
+    return {
+        "frames_sent": sent,
+        "sent_per_s": round(sent / seconds),
+        "connections": connections,
+        "median_lifetime_s": round(percentile(lifetimes[:-1], 50), 3),
+    }
+
+
+async def flood_silent(port: int, seconds: float, count: int) -> dict[str, Any]:
+    """``count`` TCP connections that send nothing; each is reopened when the server hangs up on it."""
+    hangups: list[float] = []
+    opened = 0
+
+    async def one() -> None:
+        nonlocal opened
+        while True:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            opened += 1
+            start = trio.current_time()
+            try:
+                while await stream.receive_some(1024):
+                    pass
+            except trio.BrokenResourceError:
+                pass
+            hangups.append(trio.current_time() - start)
+            await stream.aclose()
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
+    return {"opened": opened, "hung_up": len(hangups), "median_hangup_s": percentile(hangups, 50)}
+
+
+async def flood_held(port: int, seconds: float, count: int) -> dict[str, Any]:
+    """``count`` devices registered and held open (each reading, so it answers pings), connected 100 at a time (a
+    storm of thousands at once measures the load generator, not the server; ``silent`` is the storm). Prints a
+    first line when all are registered (or after 120 s), a second after holding them ``seconds``, then lets go."""
+    registered = 0
+    failures: Counter[str] = Counter()
+    start = trio.current_time()
+
+    async def one(i: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal registered
+        try:
+            async with open_link(_ws(port)) as link:
+                await link.send(builders.device_register(f"held-{i}", platform="linux", system_info=None))
+                await link.receive()
+                registered += 1
+                task_status.started()
+                try:
+                    while True:
+                        await link.receive()
+                finally:
+                    registered -= 1
+        except LinkError as exc:
+            failures[type(exc).__name__] += 1
+
+    async def batch(first: int) -> None:
+        async with trio.open_nursery() as starting:
+            for i in range(first, min(first + 100, count)):
+                starting.start_soon(nursery.start, one, i)
+
+    async with trio.open_nursery() as nursery:
+        with trio.move_on_after(120):
+            for first in range(0, count, 100):
+                await batch(first)
+        ramp = {"registered": registered, "ramp_s": round(trio.current_time() - start, 2)}
+        print(json.dumps(ramp), flush=True)
+        await trio.sleep(seconds)
+        held = registered
+        print("{}", flush=True)  # the hold is over: what follows is the release
+        nursery.cancel_scope.cancel()
+    return {**ramp, "still_registered_at_end": held, "failures": dict(failures)}
+
+
+async def flood_deaf(port: int, seconds: float) -> dict[str, Any]:
+    """A device that reads nothing, and a constellation queueing 20 TASKs a second for it."""
+    tasks = ends = refused = 0
+    closed_after = math.nan
+    async with open_link(_ws(port)) as deaf, open_link(_ws(port)) as constellation:
+        await deaf.send(builders.device_register("deaf", platform="linux", system_info=None))
+        await deaf.receive()  # the confirmation; nothing is read after it
+        await constellation.send(builders.constellation_register("t", "deaf"))
+        await constellation.receive()
+        start = trio.current_time()
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+
+                async def submit() -> None:
+                    nonlocal tasks
+                    while True:
+                        tasks += 1
+                        request = builders.task_request(
+                            "t@deaf", "deaf", session_id=f"s{tasks}", task_name="t", request="list_tools"
+                        )
+                        await constellation.send(request)
+                        await trio.sleep(0.05)
+
+                nursery.start_soon(submit)
+                try:
+                    while True:
+                        message = decode_server_message(await constellation.receive())
+                        if message.type.value == "task_end":
+                            ends += 1
+                        elif message.error and "disconnected" in message.error:
+                            closed_after = trio.current_time() - start
+                        elif message.error:
+                            refused += 1
+                except LinkError:
+                    nursery.cancel_scope.cancel()
+    return {"tasks_sent": tasks, "task_ends": ends, "refused": refused, "deaf_closed_after_s": closed_after}
+
+
+async def flood_manager_servers(rate: int) -> dict[str, Any]:
+    """Fake AIP servers for the manager phase: one floods its link with heartbeat acks nobody asked for, the other
+    answers calmly and times the heartbeats it gets. Prints its ports, serves until a line on stdin, returns the
+    calm devices' heartbeat gaps."""
+    beats: dict[str, list[float]] = {}
+
+    async def serve(flooding: bool, request: LinkRequest) -> None:
+        try:
+            link = await request.accept()
+            register = decode_client_message(await link.receive())
+            await link.send(builders.registration_confirmation())
+            device = register.target_id or "?"
+            async with trio.open_nursery() as nursery:
+                if flooding:
+
+                    async def flood() -> None:
+                        ack = encode_text(builders.heartbeat_ack())
+                        next_at = trio.current_time()
+                        while True:
+                            for _ in range(max(1, rate // 100)):
+                                await link.send_text(ack)
+                            next_at += 0.01
+                            await trio.sleep_until(next_at)
+
+                    nursery.start_soon(flood)
+                while True:
+                    message = decode_client_message(await link.receive())
+                    if message.type is ClientMessageType.HEARTBEAT:
+                        beats.setdefault(device, []).append(time.monotonic())
+                        await link.send(builders.heartbeat_ack())
+                    elif message.type is ClientMessageType.DEVICE_INFO_REQUEST:
+                        info = {"os": "linux", "platform": "linux"}
+                        await link.send(builders.device_info_response(message.request_id, info))
+        except LinkError:
+            return
+
+    async with trio.open_nursery() as nursery:
+        serving = partial(serve_links, host="127.0.0.1", port=0, handshake_deadline=5.0)
+        flood_port = await nursery.start(partial(serving, partial(serve, True)))
+        calm_port = await nursery.start(partial(serving, partial(serve, False)))
+        print(json.dumps({"flood_port": flood_port, "calm_port": calm_port}), flush=True)
+        await trio.lowlevel.FdStream(os.dup(0)).receive_some(1)
+        nursery.cancel_scope.cancel()
+    return _manager_gaps({d: t for d, t in beats.items() if d != "flooded"}, 1.0)
+
+
+def _manager_gaps(beats: dict[str, list[float]], interval: float) -> dict[str, Any]:
+    """How late each heartbeat came after the one before, beyond ``interval``."""
+    late = [b - a - interval for times in beats.values() for a, b in itertools.pairwise(times)]
+    return {
+        "calm_heartbeat_gaps": len(late),
+        "late_p50_ms": 1000 * percentile(late, 50),
+        "late_p99_ms": 1000 * percentile(late, 99),
+        "late_max_ms": 1000 * max(late, default=math.nan),
+    }
+
+
+# --- the bystander and the phases (this process) ------------------------------------------------------------------
+
+
+class Bystander:
+    """One registered device timing heartbeat round trips; ``phase`` labels the samples."""
+
+    def __init__(self) -> None:
+        self.phase = "setup"
+        self.samples: dict[str, list[float]] = {}
+        self.failures: Counter[str] = Counter()
+
+    async def run(self, port: int, client_id: str = "bystander") -> None:
+        async with open_link(_ws(port)) as link:
+            await link.send(builders.device_register(client_id, platform="linux", system_info=None))
+            await link.receive()
+            frame = encode_text(builders.heartbeat(client_id, ClientType.DEVICE))
+            while True:
+                sent = time.perf_counter()
+                await link.send_text(frame)
+                while decode_server_message(await link.receive()).type.value != "heartbeat":
+                    pass
+                self.samples.setdefault(self.phase, []).append(time.perf_counter() - sent)
+                await trio.sleep(BYSTANDER_PERIOD)
+
+    def figures(self, phase: str) -> dict[str, Any]:
+        rtts = self.samples.get(phase, [])
+        return {
+            "heartbeats": len(rtts),
+            "rtt_p50_ms": 1000 * percentile(rtts, 50),
+            "rtt_p99_ms": 1000 * percentile(rtts, 99),
+            "rtt_max_ms": 1000 * max(rtts, default=math.nan),
+        }
+
+
+async def _line(stream: trio.abc.ReceiveStream) -> str:
+    """One line from a child's stdout, read byte by byte (nothing after it is consumed)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await stream.receive_some(1)
+        if not chunk:
+            raise RuntimeError("a child process exited early")
+        line += chunk
+    return line.decode().strip()
+
+
+async def _start_process(*args: str, stderr: Any = subprocess.DEVNULL) -> tuple[trio.Process, str]:
+    """Start this script in another mode; returns the process and its first output line."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+    )
+    assert process.stdout is not None
+    return process, await _line(process.stdout)
+
+
+async def _flood(kind: str, port: int, args: argparse.Namespace, bystander: Bystander) -> dict[str, Any]:
+    """Run one flooder process to its end. A ``held`` flooder's first line ends its ramp: the samples after it are
+    labelled ``held`` (before it, ``held-ramp``)."""
+    extra = {"silent": ["--count", str(args.silent)], "held": ["--count", str(args.held)]}.get(kind, [])
+    # The deaf device is closed by the keepalive (ping_interval + ping_timeout = 10 s): give it the time.
+    seconds = max(args.seconds, 15.0) if kind == "deaf" else args.seconds
+    process, first = await _start_process(
+        "--flood", kind, "--port", str(port), "--seconds", str(seconds), "--rate", str(args.rate), *extra
+    )
+    ramp: dict[str, Any] = {}
+    assert process.stdout is not None
+    if kind == "held":
+        ramp = json.loads(first)
+        bystander.phase = "held"
+        await _line(process.stdout)
+        bystander.phase = "held-release"
+        first = ""
+    output = first.encode()
+    while chunk := await process.stdout.receive_some(1 << 16):
+        output += chunk
+    if await process.wait() != 0:
+        raise RuntimeError(f"the {kind} flooder failed")
+    result: dict[str, Any] = {**ramp, **json.loads(output)}
+    return result
+
+
+def _server_usage(pid: int) -> dict[str, Any]:
+    process = psutil.Process(pid)
+    cpu = process.cpu_times()
+    return {
+        "server_rss_mib": process.memory_info().rss / (1 << 20),
+        "server_fds": process.num_fds(),
+        "server_cpu_s": cpu.user + cpu.system,
+    }
+
+
+async def _manager_phase(args: argparse.Namespace) -> dict[str, Any]:
+    """A manager here, its devices on the fake servers of a ``manager-servers`` process (heartbeats every 1 s)."""
+    process, line = await _start_process("--flood", "manager-servers", "--rate", str(args.rate))
+    ports = json.loads(line)
+    ids = ["flooded"] + [f"calm-{i}" for i in range(args.manager_devices - 1)]
+    try:
+        async with ConstellationDeviceManager(
+            task_name="floods", heartbeat_interval=1.0, heartbeat_timeout=5.0
+        ) as manager:
+            for device_id in ids:
+                port = ports["flood_port"] if device_id == "flooded" else ports["calm_port"]
+                await manager.register_device(device_id, _ws(port))
+            await trio.sleep(args.seconds)
+            profiles = [manager.get_device_info(d) for d in ids]
+            idle = sum(1 for p in profiles if p is not None and p.status is DeviceStatus.IDLE)
+    finally:
+        assert process.stdin is not None and process.stdout is not None
+        await process.stdin.send_all(b"stop\n")
+        output = b""
+        while chunk := await process.stdout.receive_some(1 << 16):
+            output += chunk
+        await process.wait()
+    return {"devices": len(ids), "idle_at_end": idle, **json.loads(output)}
+
+
+async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
+    """Every phase in turn; ``server_log`` (an open file) takes both servers' warnings."""
+    results: dict[str, Any] = {"phases": {}}
+    server, port_line = await _start_process("--serve", stderr=server_log)
+    unbounded, unbounded_port = await _start_process("--serve", "--unbounded", stderr=server_log)
+    try:
+        bystander, other = Bystander(), Bystander()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bystander.run, int(port_line))
+            nursery.start_soon(other.run, int(unbounded_port), "bystander-unbounded")
+            await trio.sleep(1.0)
+            for phase in args.phases:
+                on_short = phase in ("frames-unbounded", "deaf")
+                who = other if on_short else bystander
+                who.phase = "held-ramp" if phase == "held" else phase
+                pid = unbounded.pid if on_short else server.pid
+                cpu_before = _server_usage(pid)["server_cpu_s"]
+                if phase == "baseline":
+                    flood: dict[str, Any] = {}
+                    await trio.sleep(args.seconds)
+                elif phase == "manager":
+                    flood = await _manager_phase(args)
+                else:
+                    kind = "frames" if phase == "frames-unbounded" else phase
+                    flood = await _flood(kind, int(unbounded_port if on_short else port_line), args, who)
+                who.phase = "between"
+                usage = _server_usage(pid)
+                usage["server_cpu_s"] = round(usage["server_cpu_s"] - cpu_before, 2)  # over the whole phase
+                if phase == "held":
+                    results["phases"]["held-ramp"] = {**who.figures("held-ramp"), **usage}
+                    results["phases"]["held-release"] = {**who.figures("held-release"), **usage}
+                results["phases"][phase] = {**who.figures(phase), **flood, **usage}
+                print(f"{phase}: {results['phases'][phase]}", file=sys.stderr, flush=True)
+                await trio.sleep(2.0)
+            nursery.cancel_scope.cancel()
+    finally:
+        for process in (server, unbounded):
+            process.kill()
+            await process.wait()
+    return results
+
+
+def _warnings(text: str) -> dict[str, int]:
+    """The bounds that fired, counted from the servers' log."""
+    return {
+        "frame budget exceeded": text.count("exceeded its frame budget"),
+        "not reading (send_deadline)": text.count("(not reading)"),
+        "keepalive ping timeout": text.count("did not answer a ping"),
+        "no REGISTER in time": text.count("sent no REGISTER"),
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    rows = []
+    for phase, f in results["phases"].items():
+        detail = {k: v for k, v in f.items() if not k.startswith(("rtt", "heartbeats", "server_"))}
+        rows.append(
+            [
+                phase,
+                f["heartbeats"],
+                f"{f['rtt_p50_ms']:.2f}",
+                f"{f['rtt_p99_ms']:.2f}",
+                f"{f['rtt_max_ms']:.1f}",
+                f"{f['server_rss_mib']:.0f}",
+                f["server_fds"],
+                f["server_cpu_s"],
+                json.dumps(detail, default=str),
+            ]
+        )
+    table = _common.markdown_table(
+        ["phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s", "flood"],
+        rows,
+    )
+    return "\n".join([describe_load(results["load"]), table, f"server warnings: {results['server_warnings']}"])
+
+
+PHASES = ("baseline", "frames", "frames-unbounded", "silent", "held", "deaf", "manager")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (default 10)")
+    parser.add_argument("--rate", type=int, default=10_000, help="frames per second of the frame floods")
+    parser.add_argument("--silent", type=int, default=1000, help="silent TCP clients (default 1000)")
+    parser.add_argument("--held", type=int, default=5000, help="connections held open (default 5000)")
+    parser.add_argument("--manager-devices", type=int, default=10, help="devices of the manager phase")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--server-log", default="/tmp/floods-server.log", help="the servers' warnings")
+    _common.add_out_argument(parser)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--flood", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS)
+        return 0
+    if args.flood == "manager-servers":
+        print(json.dumps(trio.run(flood_manager_servers, args.rate)))
+        return 0
+    if args.flood:
+        floods = {
+            "frames": partial(flood_frames, args.port, args.seconds, args.rate),
+            "silent": partial(flood_silent, args.port, args.seconds, args.count),
+            "held": partial(flood_held, args.port, args.seconds, args.count),
+            "deaf": partial(flood_deaf, args.port, args.seconds),
+        }
+        print(json.dumps(trio.run(floods[args.flood])))
+        return 0
+    load = host_load()
+    log = Path(args.server_log)
+    with log.open("wb") as server_log:
+        results = trio.run(measure, args, server_log)
+    results = {"environment": _common.environment(), "load": load, **results}
+    results["server_warnings"] = _warnings(log.read_text(errors="replace"))
+    print(render(results))
+    if args.out is not None:
+        _common.write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The chaos soak (issue 15, item 2) for as long as you like: ``tests/soak/engine.py`` with the figures printed.
+
+    python benchmarks/soak.py [--minutes 20] [--devices 50] [--callers 8] [--seed 1] [--fault-every 4] [--out FILE]
+
+Everything (AIP server, fault proxy, device agents, the manager and its callers) runs in this one process on the
+real clock, so RSS and descriptors are the process's. The exit status is 1 when an invariant broke (the
+violations are printed), never because of a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import _common
+import trio
+
+from tests.soak.engine import run_soak
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="how long faults are injected (default 20)")
+    parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument("--callers", type=int, default=8, help="concurrent callers of assign_task_to_device")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load")
+    parser.add_argument("--fault-every", type=float, default=4.0, help="mean seconds between faults")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds of load before the RSS/fd baseline")
+    _common.add_out_argument(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = trio.run(
+        lambda: run_soak(
+            seconds=60 * args.minutes,
+            devices=args.devices,
+            callers=args.callers,
+            seed=args.seed,
+            fault_every=args.fault_every,
+            warmup=args.warmup,
+        )
+    )
+    figures = {"environment": _common.environment(), **report.figures()}
+    print(json.dumps(figures, indent=2))
+    if args.out is not None:
+        _common.write_json(args.out, figures)
+    return 1 if report.violations() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The chaos soak (issue 15, item 2): devices, a steady task load from several callers, and a seeded random
+schedule of faults, with the invariants checked as it runs and at the end.
+
+    manager ──ws──▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (tests/faults/rig.py)
+
+Everything runs in one trio process on the real clock. Each device's agent has a ``work`` tool that records every
+execution by the task's token, so the checks are exact:
+
+- every ``assign_task_to_device`` call returns exactly one ``TaskResult`` (no exception, no call left hanging);
+- no task runs twice (the tool saw each token at most once; a ``completed`` one exactly once, with its token);
+- no two tasks overlap on a device (the tool counts executions in progress per device: never above 1);
+- after each fault, every device is IDLE (or BUSY with a task) again within ``recovery_bound`` seconds;
+- the process's RSS and open descriptors after warm-up and at the end (the drift is reported; the test bounds it);
+- nothing left at exit (the callers' and the rig's tasks all ended).
+
+Faults, drawn from ``random.Random(seed)`` every ``fault_every`` seconds (±50 %): an agent killed and restarted;
+the AIP server restarted; every manager link cut (RST); the manager's links black-holed for a few seconds; new
+handshakes stalled while the links are cut. :func:`run_soak` returns a :class:`SoakReport`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import psutil
+import trio
+
+from galaxy_trio import DeviceStatus
+from galaxy_trio.agent import DeviceAgent, DeviceInfoProvider, ToolRegistry, add_builtin_tools
+from galaxy_trio.aip import ToolType
+from galaxy_trio.manager import ConstellationDeviceManager, TaskResult
+
+from ..faults.rig import AGENT_OPTIONS, FAST_PROBES, Rig
+
+FAULTS = ("agent_restart", "server_restart", "cut", "blackhole", "stalled_handshakes")
+
+#: The manager's settings in the soak (real seconds): quick detection and retries, so recoveries are short.
+MANAGER_SETTINGS: dict[str, float] = {
+    "heartbeat_interval": 1.0,
+    "heartbeat_timeout": 2.0,
+    "reconnect_delay": 0.2,
+    "backoff_cap": 1.0,
+    "connect_timeout": 3.0,
+    "register_timeout": 3.0,
+    "telemetry_timeout": 2.0,
+    "task_timeout": 30.0,
+}
+
+
+@dataclass
+class SoakReport:
+    """What a soak did and saw; :meth:`violations` lists every broken invariant (empty when all held)."""
+
+    seconds: float = 0.0
+    devices: int = 0
+    calls: int = 0
+    results: int = 0
+    #: Calls still running when the load stopped (cancelled with their caller: at most one per caller).
+    cut_short: int = 0
+    callers: int = 0
+    results_by_kind: Counter[str] = field(default_factory=Counter)
+    raised: list[str] = field(default_factory=list)
+    #: Per caller, one byte per task (its n-th call at index n): how often the device ran it. Constant-size
+    #: bookkeeping, so that the soak's own records do not show up as RSS drift.
+    executions: dict[int, bytearray] = field(default_factory=dict)
+    #: Per caller, one byte per task: 1 when its TaskResult said completed.
+    completed: dict[int, bytearray] = field(default_factory=dict)
+    peak_overlap: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    recoveries: list[tuple[str, float]] = field(default_factory=list)
+    unrecovered: list[str] = field(default_factory=list)
+    recovery_bound: float = 0.0
+    rss_warm: int = 0
+    rss_end: int = 0
+    fds_warm: int = 0
+    fds_end: int = 0
+    leftover_tasks: list[str] = field(default_factory=list)
+    #: (seconds since the baseline, RSS MiB, fds), about every 30 s: a leak climbs, a warm-up flattens.
+    samples: list[tuple[float, float, int]] = field(default_factory=list)
+
+    @property
+    def worst_recovery(self) -> float:
+        return max((seconds for _, seconds in self.recoveries), default=0.0)
+
+    @property
+    def rss_drift(self) -> float:
+        return (self.rss_end - self.rss_warm) / self.rss_warm if self.rss_warm else math.nan
+
+    @property
+    def fd_drift(self) -> int:
+        return self.fds_end - self.fds_warm
+
+    def violations(self) -> list[str]:
+        found = []
+        if self.results + self.cut_short != self.calls or self.cut_short > self.callers:
+            found.append(f"{self.calls} calls but {self.results} results ({self.cut_short} cut short at the end)")
+        found += [f"a call raised: {text}" for text in self.raised]
+        twice = [f"c{c}-{n}" for c, runs in self.executions.items() for n, k in enumerate(runs) if k > 1]
+        if twice:
+            found.append(f"tasks executed more than once: {twice[:10]}")
+        missing = [
+            f"c{c}-{n}"
+            for c, done in self.completed.items()
+            for n, ok in enumerate(done)
+            if ok and _count(self.executions, c, n) != 1
+        ]
+        if missing:
+            found.append(f"completed tasks the device never ran exactly once: {missing[:10]}")
+        if self.peak_overlap > 1:
+            found.append(f"{self.peak_overlap} tasks ran at once on one device")
+        found += [f"not recovered within {self.recovery_bound:g} s after {fault}" for fault in self.unrecovered]
+        if self.leftover_tasks:
+            found.append(f"tasks left at exit: {self.leftover_tasks}")
+        return found
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 1),
+            "devices": self.devices,
+            "calls": self.calls,
+            "results": self.results,
+            "cut_short_at_end": self.cut_short,
+            "results_by_kind": dict(self.results_by_kind),
+            "executions": sum(sum(runs) for runs in self.executions.values()),
+            "faults": dict(self.faults),
+            "faults_total": sum(self.faults.values()),
+            "worst_recovery_s": round(self.worst_recovery, 2),
+            "recovery_bound_s": self.recovery_bound,
+            "rss_warm_mib": round(self.rss_warm / (1 << 20), 1),
+            "rss_end_mib": round(self.rss_end / (1 << 20), 1),
+            "rss_drift_pct": round(100 * self.rss_drift, 1),
+            "fds_warm": self.fds_warm,
+            "fds_end": self.fds_end,
+            "samples": self.samples,
+            "violations": self.violations(),
+        }
+
+
+def _count(table: dict[int, bytearray], caller: int, n: int) -> int:
+    runs = table.get(caller)
+    return runs[n] if runs is not None and n < len(runs) else 0
+
+
+def _bump(table: dict[int, bytearray], caller: int, n: int, value: int | None = None) -> None:
+    """Add one to (or set) the byte of task ``n`` of ``caller``, growing the table as needed."""
+    runs = table.setdefault(caller, bytearray())
+    if n >= len(runs):
+        runs.extend(bytes(n + 1 - len(runs) + 1024))
+    runs[n] = value if value is not None else min(runs[n] + 1, 255)
+
+
+def _parse(token: str) -> tuple[int, int]:
+    """``c<caller>-<n>`` → (caller, n)."""
+    caller, n = token[1:].split("-")
+    return int(caller), int(n)
+
+
+class _Workload:
+    """The devices' ``work`` tool and its bookkeeping, shared by every incarnation of every agent."""
+
+    def __init__(self, report: SoakReport) -> None:
+        self._report = report
+        self._running: Counter[str] = Counter()
+
+    def tool_for(self, device_id: str) -> Callable[..., Any]:
+        async def work(token: str, ms: int = 0) -> str:
+            """Record one execution of ``token`` on this device, take ``ms`` milliseconds."""
+            report = self._report
+            _bump(report.executions, *_parse(token))
+            self._running[device_id] += 1
+            report.peak_overlap = max(report.peak_overlap, self._running[device_id])
+            try:
+                await trio.sleep(ms / 1000)
+            finally:
+                self._running[device_id] -= 1
+            return token
+
+        return work
+
+
+class _Agent:
+    """One device agent in a cancel scope of its own, with the soak's tools."""
+
+    def __init__(self, device_id: str, url: str, workload: _Workload) -> None:
+        self.device_id = device_id
+        self._url = url
+        self._workload = workload
+        self._scope: trio.CancelScope | None = None
+
+    def _make(self) -> DeviceAgent:
+        info = DeviceInfoProvider(probes=FAST_PROBES)
+        tools = ToolRegistry()
+        add_builtin_tools(tools, partial(info.collect, self.device_id))
+        tools.add(self._workload.tool_for(self.device_id), name="work", tool_type=ToolType.ACTION, in_thread=False)
+        return DeviceAgent(self._url, self.device_id, tools=tools, info_provider=info, **AGENT_OPTIONS)  # type: ignore[arg-type]
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._scope = scope = trio.CancelScope()
+        await nursery.start(self._run, scope, self._make(), name=f"soak-agent:{self.device_id}")
+
+    @staticmethod
+    async def _run(
+        scope: trio.CancelScope,
+        agent: DeviceAgent,
+        *,
+        task_status: trio.TaskStatus[DeviceAgent] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            await agent.run(task_status=task_status)
+
+    def kill(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+
+
+def _usage() -> tuple[int, int]:
+    process = psutil.Process()
+    return int(process.memory_info().rss), process.num_fds()
+
+
+async def _all_back(manager: ConstellationDeviceManager, ids: list[str]) -> None:
+    """Until every device is IDLE or BUSY (a BUSY one has a live, registered link)."""
+    while True:
+        statuses = [manager.get_device_info(d) for d in ids]
+        if all(p is not None and p.status in (DeviceStatus.IDLE, DeviceStatus.BUSY) for p in statuses):
+            return
+        await trio.sleep(0.05)
+
+
+async def _caller(
+    number: int, manager: ConstellationDeviceManager, ids: list[str], rng: random.Random, report: SoakReport
+) -> None:
+    """Tasks one after another on random devices until cancelled; each call must return one TaskResult."""
+    n = 0
+    while True:
+        n += 1
+        token = f"c{number}-{n}"
+        device_id = rng.choice(ids)
+        request = json.dumps({"tool_name": "work", "parameters": {"token": token, "ms": rng.randint(0, 200)}})
+        report.calls += 1
+        try:
+            result = await manager.assign_task_to_device(token, device_id, request)
+        except trio.Cancelled:
+            report.cut_short += 1
+            raise
+        except Exception as exc:  # a refusal (device not connected) is an outcome too, but must not be an error
+            report.raised.append(f"{type(exc).__name__}: {exc}"[:300])
+            report.results += 1
+            await trio.sleep(0.1)
+            continue
+        report.results += 1
+        assert isinstance(result, TaskResult)
+        report.results_by_kind[result.status if result.ok else f"failed/{result.error_type}"] += 1
+        if result.ok:
+            _bump(report.completed, number, n, 1)
+        await trio.sleep(rng.uniform(0.0, 0.05))
+
+
+async def _inject(fault: str, rig: Rig, agents: list[_Agent], rng: random.Random, nursery: trio.Nursery) -> None:
+    """Inject one fault and undo it (an agent or the server restarted, the proxy restored)."""
+    proxy = rig.fault_proxy
+    if fault == "agent_restart":
+        agent = rng.choice(agents)
+        agent.kill()
+        await trio.sleep(rng.uniform(0.2, 1.5))
+        await agent.start(nursery)
+    elif fault == "server_restart":
+        await rig.stop_server()
+        await trio.sleep(rng.uniform(0.2, 1.0))
+        await rig.start_server()
+    elif fault == "cut":
+        proxy.cut()
+    elif fault == "blackhole":
+        proxy.blackhole = True
+        await trio.sleep(rng.uniform(1.0, 4.0))
+        proxy.restore()
+    elif fault == "stalled_handshakes":
+        proxy.stall_handshake = True
+        proxy.cut()
+        await trio.sleep(rng.uniform(0.5, 2.0))
+        proxy.release_handshakes()
+
+
+async def run_soak(
+    *, seconds: float, devices: int = 20, callers: int = 4, seed: int = 1, fault_every: float = 4.0, warmup: float = 5.0
+) -> SoakReport:
+    """Run the soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring."""
+    report = SoakReport(devices=devices, callers=callers)
+    rng = random.Random(seed)
+    ids = [f"soak-{i:03d}" for i in range(devices)]
+    # Detection (heartbeat interval + timeout, or a connect/register timeout) + backoff cap + a few seconds.
+    report.recovery_bound = (
+        MANAGER_SETTINGS["heartbeat_interval"]
+        + MANAGER_SETTINGS["heartbeat_timeout"]
+        + MANAGER_SETTINGS["connect_timeout"]
+        + MANAGER_SETTINGS["backoff_cap"]
+        + 5.0
+    )
+    workload = _Workload(report)
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        rig = await Rig(nursery).start()
+        agents = [_Agent(device_id, rig.server.url, workload) for device_id in ids]
+        for agent in agents:
+            await agent.start(nursery)
+        async with ConstellationDeviceManager(task_name="soak", **MANAGER_SETTINGS) as manager:  # type: ignore[arg-type]
+            manager.add_devices(rig.device(device_id, max_retries=1000) for device_id in ids)
+            async with trio.open_nursery() as load:
+                with trio.fail_after(60):
+                    await _all_back(manager, ids)
+                for number in range(callers):
+                    load.start_soon(_caller, number, manager, ids, random.Random(rng.random()), report)
+                await trio.sleep(warmup)
+                report.rss_warm, report.fds_warm = _usage()
+                baseline_at = trio.current_time()
+                deadline = baseline_at + seconds
+                next_sample = baseline_at + 30.0
+                while trio.current_time() < deadline:
+                    if trio.current_time() >= next_sample:
+                        rss, fds = _usage()
+                        report.samples.append(
+                            (round(trio.current_time() - baseline_at), round(rss / (1 << 20), 1), fds)
+                        )
+                        next_sample += 30.0
+                    await trio.sleep(rng.uniform(0.5, 1.5) * fault_every)
+                    fault = rng.choice(FAULTS)
+                    report.faults[fault] += 1
+                    await _inject(fault, rig, agents, rng, nursery)
+                    ended = trio.current_time()
+                    with trio.move_on_after(report.recovery_bound) as waiting:
+                        await _all_back(manager, ids)
+                    if waiting.cancelled_caught:
+                        report.unrecovered.append(fault)
+                        with trio.move_on_after(60):
+                            await _all_back(manager, ids)  # carry on from a clean state
+                    report.recoveries.append((fault, trio.current_time() - ended))
+                # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.
+                load.cancel_scope.cancel()
+            report.rss_end, report.fds_end = _usage()
+        for agent in agents:
+            agent.kill()
+        nursery.cancel_scope.cancel()
+    report.leftover_tasks = sorted(
+        task.name for n in trio.lowlevel.current_task().child_nurseries for task in n.child_tasks
+    )
+    report.seconds = time.monotonic() - started
+    return report

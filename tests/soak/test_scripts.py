@@ -1,0 +1,53 @@
+"""The issue-15 benchmark scripts run end to end with tiny loads and write well-formed figures (shapes only,
+never timings: the machine decides those)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_floods_reports_every_phase_it_ran(tmp_path: Path) -> None:
+    out = tmp_path / "floods.json"
+    phases = ["baseline", "frames", "silent", "held", "manager"]
+    done = _run(
+        "floods.py", "--seconds", "1", "--silent", "5", "--held", "20", "--rate", "2000",
+        "--server-log", str(tmp_path / "server.log"), "--phases", *phases, "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert set(figures["phases"]) == {*phases, "held-ramp", "held-release"}
+    for phase in phases:
+        assert figures["phases"][phase]["heartbeats"] > 0, phase
+    assert figures["phases"]["held"]["registered"] == 20
+    assert figures["phases"]["manager"]["idle_at_end"] == 10
+    assert set(figures["server_warnings"]) >= {"frame budget exceeded", "not reading (send_deadline)"}
+    assert "| baseline" in done.stdout
+
+
+@pytest.mark.slow
+def test_soak_runs_and_reports_no_violation(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    done = _run("soak.py", "--minutes", "0.15", "--devices", "3", "--callers", "2", "--warmup", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["violations"] == []
+    assert figures["calls"] == figures["results"] + figures["cut_short_at_end"] > 0

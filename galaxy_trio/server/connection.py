@@ -259,6 +259,7 @@ class _Connection:
                 logger.warning(
                     "%s exceeded its frame budget (%g/s, burst %d); closing", self._who, budget.rate, budget.burst
                 )
+                self._ctx.stats.reject("frame_budget")
                 self._stop(budget.refusal(), CLOSE_POLICY_VIOLATION, rules.FRAME_RATE_EXCEEDED)
                 return
             await self._handle(record, frame)

@@ -36,6 +36,7 @@ REJECTION_RULES: Final = (
     "device_info",
     "command_results",
     "unknown_type",
+    "frame_budget",
 )
 
 

@@ -132,6 +132,9 @@ async def test_server_metrics_count_every_frame_and_every_refusal_by_rule(nurser
         assert samples[("galaxy_trio_server_frames_total", (("direction", "out"), ("server", url)))] == tally.received
         for rule in REJECTION_RULES:
             key = ("galaxy_trio_server_frames_rejected_total", (("rule", rule), ("server", url)))
+            if rule == "frame_budget":  # exported at 0 here; counted once by the flood test in security/test_floods.py
+                assert samples[key] == 0
+                continue
             assert samples[key] == expected[rule] == 1, rule
         assert samples[("galaxy_trio_server_clients", (("server", url), ("type", "device")))] == 1
         assert samples[("galaxy_trio_server_clients", (("server", url), ("type", "constellation")))] == 1

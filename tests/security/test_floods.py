@@ -136,6 +136,7 @@ async def test_a_client_flooding_frames_gets_its_burst_answered_then_an_error_an
         await flooder.until_eof()
         assert server.online_clients() == {BYSTANDER: ClientType.DEVICE}
         await bystander.assert_quiet(BYSTANDER, ClientType.DEVICE)
+        assert server.stats.rejected["frame_budget"] == 1  # /metrics: frames_rejected_total{rule="frame_budget"}
 
 
 async def test_a_client_at_the_budgets_rate_is_served_for_as_long_as_it_likes(

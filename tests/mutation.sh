@@ -10,7 +10,7 @@
 # mutant against the tests that cover the mutated function. The survivors and the figures go to
 # $MUTATION_OUT/<name>.txt (default: /tmp/galaxy_trio-mutation), and one line per module is printed:
 #   <name> <file> killed=K survived=S total=T score=P%
-# Run it from anywhere; it needs mutmut in the active environment (pip install mutmut; 3.x).
+# Run it from anywhere; it needs mutmut in the active environment (pip install -e ".[mutation]"; mutmut 3.x).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)

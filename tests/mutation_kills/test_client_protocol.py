@@ -12,6 +12,7 @@ import pytest
 from galaxy_trio.aip import AIPDecodeError, ClientMessage, ClientType, TaskStatus, builders, encode_text
 from galaxy_trio.aip.client_protocol import (
     PERMANENT_HANDSHAKE_STATUSES,
+    REFUSED_HINT,
     ClientProtocol,
     DeviceInfoAnswered,
     Heartbeats,
@@ -52,7 +53,12 @@ def test_connect_outcomes_are_permanent_only_for_a_url_that_cannot_be_dialled() 
     assert connect_outcome("port out of range", invalid_url=True) == Outcome(
         "port out of range", permanent=True, hint="fix the server URL"
     )
-    assert connect_outcome("refused", invalid_url=False) == Outcome("refused", permanent=False, hint=None)
+    assert connect_outcome("connection refused by h:1", invalid_url=False) == Outcome(
+        "connection refused by h:1", permanent=False, hint=REFUSED_HINT
+    )
+    assert connect_outcome("connection reset", invalid_url=False) == Outcome(
+        "connection reset", permanent=False, hint=None
+    )
 
 
 def test_only_a_target_not_connected_yet_is_worth_retrying() -> None:
@@ -276,7 +282,7 @@ def test_a_rejection_is_final_and_carries_the_servers_text() -> None:
     protocol.register(protocol.constellation_register("t", "dev"))
     silent = builders.server_error("x")
     silent.error = None
-    assert protocol.receive(silent, 2.0) == [Verdict(rejection_outcome("(no error text)"), "(no error text)")]
+    assert protocol.receive(silent, 2.0) == [Verdict(rejection_outcome("unspecified error"), "unspecified error")]
 
 
 def test_a_constellation_waits_past_other_frames_for_its_verdict() -> None:

@@ -1,18 +1,18 @@
 """The device agent: registers with an AIP server as a device and executes the COMMANDs it is sent.
 
-One connection at a time, each one a small tree of tasks: the reader (the connection's own task), a heartbeat
-task, and one task per COMMAND, so a slow tool never stops the reader from seeing the next frame or the
-heartbeat acks (UFO's device read nothing while it executed, §2). Whatever ends a connection — the server
+One connection at a time, each one a small tree of tasks: the reader (the connection's own task), a heartbeat task,
+and one task per COMMAND, so a slow tool never stops the reader from seeing the next frame or the heartbeat acks
+(UFO's device read nothing while it executed, §2); the COMMANDs themselves still run one at a time, in arrival
+order, as UFO's do, so two sessions' actions never interleave on the device. Whatever ends a connection — the server
 closing, an invalid frame, a silent server, a rejected registration — is a :class:`~galaxy_trio.errors.LinkError`
 recorded by the task that saw it; the connection's nursery is cancelled, the link closed (bounded by
 ``CLOSE_GRACE``), and :meth:`DeviceAgent.run` reconnects after a full-jitter backoff, re-registering from scratch
-with fresh system info. Each attempt ends in the protocol's frozen
-:class:`~galaxy_trio.aip.client_protocol.Outcome` (reason, permanent or not, what to check), which ``run``
-logs, retries or stops on; the connection's state is one :class:`AgentState`. The agent is a trio driver of
-:class:`galaxy_trio.aip.client_protocol.ClientProtocol` (the registration verdict, the heartbeat schedule and
-liveness, the retryable/permanent classification it shares with the manager). Only what retrying cannot fix —
-a refused token (HTTP 401/403, :class:`AuthenticationRejected`), a 404 or a URL that cannot be dialled
-(:class:`ServerUnusable`) — or a spent ``max_retries`` budget ends ``run``.
+with fresh system info. Each attempt ends in the protocol's frozen :class:`~galaxy_trio.aip.client_protocol.Outcome`
+(reason, permanent or not, what to check), which ``run`` logs, retries or stops on; the connection's state is one
+:class:`AgentState`. The agent is a trio driver of :class:`galaxy_trio.aip.client_protocol.ClientProtocol` (the
+registration verdict, the heartbeat schedule and liveness, the retryable/permanent classification it shares with the
+manager). Only what retrying cannot fix — a refused token (HTTP 401/403, :class:`AuthenticationRejected`), a 404 or
+a URL that cannot be dialled (:class:`ServerUnusable`) — or a spent ``max_retries`` budget ends ``run``.
 
 Decisions where UFO's device is silent or defective:
 - Every COMMAND gets exactly one COMMAND_RESULTS, whatever its tools do (UFO's sent nothing when one raised,
@@ -118,16 +118,47 @@ class AgentStats:
     dead_links: int = 0
 
 
+class _CommandTurns:
+    """COMMANDs of one connection run one at a time, in the order they arrived — as UFO's device runs them (it
+    awaits each in its receive loop) — while the reader stays free for heartbeats and the next frames.
+
+    Two sessions may task one device at once (UFO's server does not serialise them, ours does): their actions
+    must not interleave on one desktop. The reader takes a ticket as it dispatches (arrival order); a COMMAND's
+    task waits for its turn. Only the whole connection is ever cancelled, so no ticket is left waiting alone.
+    """
+
+    __slots__ = ("_changed", "_issued", "_serving")
+
+    def __init__(self) -> None:
+        self._issued = 0
+        self._serving = 0
+        self._changed = trio.Event()
+
+    def ticket(self) -> int:
+        ticket, self._issued = self._issued, self._issued + 1
+        return ticket
+
+    async def wait_for(self, ticket: int) -> None:
+        while self._serving != ticket:
+            await self._changed.wait()
+
+    def done(self) -> None:
+        self._serving += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+
 class _Connection:
     """State of one registered link, shared by its reader, heartbeat and command tasks."""
 
-    __slots__ = ("beats", "close_code", "failure", "link", "nursery")
+    __slots__ = ("beats", "close_code", "commands", "failure", "link", "nursery")
 
     def __init__(self, link: ClientLink, nursery: trio.Nursery, beats: Heartbeats) -> None:
         self.link = link
         self.nursery = nursery
         #: The protocol's heartbeat schedule and liveness (the reader reports frames, the heartbeat task beats).
         self.beats = beats
+        self.commands = _CommandTurns()
         self.failure: LinkError | None = None
         self.close_code: int | None = None
 
@@ -436,7 +467,7 @@ class DeviceAgent:
     def _dispatch(self, conn: _Connection, message: ServerMessage) -> None:
         kind = message.type
         if kind is ServerMessageType.COMMAND:
-            conn.nursery.start_soon(self._answer_command, conn, message)
+            conn.nursery.start_soon(self._answer_command, conn, message, conn.commands.ticket())
         elif kind is ServerMessageType.HEARTBEAT:
             if message.session_id is not None:
                 logger.info("device %r: the server accepted a task as session %r", self.device_id, message.session_id)
@@ -484,8 +515,16 @@ class DeviceAgent:
                     return
                 self.stats.heartbeats_sent += 1
 
-    async def _answer_command(self, conn: _Connection, command: ServerMessage) -> None:
-        """Exactly one COMMAND_RESULTS per COMMAND: one Result per action, in order, ``call_id`` echoed."""
+    async def _answer_command(self, conn: _Connection, command: ServerMessage, ticket: int) -> None:
+        """Exactly one COMMAND_RESULTS per COMMAND: one Result per action, in order, ``call_id`` echoed; one
+        COMMAND at a time, in arrival order (:class:`_CommandTurns`)."""
+        await conn.commands.wait_for(ticket)
+        try:
+            await self._run_and_answer(conn, command)
+        finally:
+            conn.commands.done()
+
+    async def _run_and_answer(self, conn: _Connection, command: ServerMessage) -> None:
         results = await self._executor.run_all(command.actions or [])
         reply = builders.command_results(
             self.device_id,

@@ -485,37 +485,71 @@ async def test_results_that_cannot_be_encoded_are_still_answered(
     assert (second.status, second.error, second.call_id) == (ResultStatus.FAILURE, "tool failed", "c2")
 
 
-async def test_a_slow_command_does_not_block_reading_heartbeats_or_other_commands(
+async def test_a_slow_command_blocks_no_heartbeat_and_the_next_command_waits_its_turn(
     server: FakeServer, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """The reader stays free during a slow COMMAND (heartbeats go on), but COMMANDs run one at a time in arrival
+    order, as UFO's device runs them: two sessions' actions never interleave on one device."""
     release = trio.Event()
+    running: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
     tools = ToolRegistry()
     add_builtin_tools(tools, dict)
 
     @tools.tool
     async def wait_for_release() -> str:
+        running.append("slow")
         await release.wait()
+        running.remove("slow")
         return "released"
+
+    @tools.tool
+    async def quick() -> str:
+        overlaps.append(tuple(running))
+        return "quick"
 
     agent = make_agent(server, tools=tools)
     conn, registered_at = await connect(server, agent, nursery)
-    slow, quick = command(action("wait_for_release")), command(action("echo", {"text": "fast"}))
+    slow, fast = command(action("wait_for_release")), command(action("quick"))
 
     await conn.send(slow)
-    await conn.send(quick)
-    first = await conn.receive()
-    heartbeat = await conn.receive()
+    await conn.send(fast)
+    heartbeat = await conn.receive()  # nothing answered yet: the quick COMMAND waits for the slow one
     heartbeat_at = conn.received[-1].at
     await conn.send(builders.heartbeat_ack())
     release.set()
+    first = await conn.receive()
     last = await conn.receive()
 
-    assert first.type is ClientMessageType.COMMAND_RESULTS and first.prev_response_id == quick.response_id
     assert heartbeat.type is ClientMessageType.HEARTBEAT
     assert heartbeat_at - registered_at == pytest.approx(30.0)
-    assert last.prev_response_id == slow.response_id
-    assert last.action_results is not None and last.action_results[0].result == "released"
+    assert first.type is ClientMessageType.COMMAND_RESULTS and first.prev_response_id == slow.response_id
+    assert first.action_results is not None and first.action_results[0].result == "released"
+    assert last.prev_response_id == fast.response_id
+    assert overlaps == [()]  # the quick tool ran with nothing else running
     assert agent.stats.commands_answered == 2
+
+
+async def test_commands_run_in_the_order_they_arrived(
+    server: FakeServer, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    order: list[int] = []
+    tools = ToolRegistry()
+    add_builtin_tools(tools, dict)
+
+    @tools.tool
+    async def step(n: int) -> int:
+        await trio.sleep(0.1 * (10 - n))  # the earlier ones are the slower ones
+        order.append(n)
+        return n
+
+    conn, _ = await connect(server, make_agent(server, tools=tools, heartbeat_interval=1000), nursery)
+    commands = [command(action("step", {"n": n})) for n in range(10)]
+    for each in commands:
+        await conn.send(each)
+    replies = [await conn.receive_type(ClientMessageType.COMMAND_RESULTS) for _ in commands]
+    assert order == list(range(10))
+    assert [r.prev_response_id for r in replies] == [c.response_id for c in commands]
 
 
 async def test_a_tool_past_the_agent_deadline_is_answered_as_timed_out(

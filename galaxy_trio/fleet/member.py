@@ -174,43 +174,15 @@ async def open_fleet_member(
     """
     timing = LeaseTiming.from_ttl(lease_ttl, renew_interval=renew_interval, safety_margin=safety_margin)
     member_id = member_id or default_member_id()
-    if not _MEMBER_ID.fullmatch(member_id):
-        raise ValueError(f"member_id must be 1-128 characters of [A-Za-z0-9_.:@-], got {member_id!r}")
-    device_ids = [config.device_id for config in devices]
-    duplicates = sorted(d for d, count in Counter(device_ids).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"devices listed twice: {', '.join(duplicates)}")
-    settings = manager.settings
-    retry = Backoff(settings.reconnect_delay, max(settings.backoff_cap, settings.reconnect_delay))
+    device_ids = _checked_ids(member_id, devices)
     registry_retry = Backoff(timing.renew_interval / 4, timing.ttl)
     async with AsyncExitStack() as stack:
-        if registry is None:
-            store: FleetRegistry = MemoryRegistry()
-            if join_grace is None:
-                join_grace = 0.0  # a private registry: nobody else can join, nothing to wait for
-        elif isinstance(registry, str):
-            from .redis import open_redis_registry
-
-            store = await stack.enter_async_context(
-                open_redis_registry(
-                    registry, namespace=namespace, request_timeout=timing.renew_interval, client_name=member_id
-                )
-            )
-        else:
-            store = registry
-        fleet_task_name = await store.join_fleet(manager.task_name, device_ids)
-        if fleet_task_name != manager.task_name:
-            raise FleetMismatch(
-                f"the fleet on {store.display_name} uses task_name {fleet_task_name!r} but this manager uses "
-                f"{manager.task_name!r}; every member must share one task_name so that a device has one client_id"
-            )
-        env = None if environ is None else dict(environ)  # one snapshot for every device
-        for config in devices:
-            manager.add_device(msgspec.structs.replace(config, auto_connect=False), environ=env)
-        await store.open_mailbox(member_id)
-
+        if registry is None and join_grace is None:
+            join_grace = 0.0  # a private registry: nobody else can join, nothing to wait for
+        store = await _open_store(stack, registry, namespace=namespace, timing=timing, member_id=member_id)
+        await _join(store, manager, devices, environ=environ, member_id=member_id)
         hub = FleetEventHub()
-        driver = ManagerDriver(manager, device_ids, retry)
+        driver = ManagerDriver(manager, device_ids, _reconnect_backoff(manager))
         keeper = LeaseKeeper(
             store,
             member_id,
@@ -266,6 +238,62 @@ async def open_fleet_member(
             subscription.close()
             hub.close()
             logger.info("member %s left the fleet", member_id)
+
+
+def _checked_ids(member_id: str, devices: Sequence[DeviceConfig]) -> list[str]:
+    """The fleet's device ids, refused with a clear error if the member id is malformed or an id is listed twice."""
+    if not _MEMBER_ID.fullmatch(member_id):
+        raise ValueError(f"member_id must be 1-128 characters of [A-Za-z0-9_.:@-], got {member_id!r}")
+    device_ids = [config.device_id for config in devices]
+    duplicates = sorted(d for d, count in Counter(device_ids).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"devices listed twice: {', '.join(duplicates)}")
+    return device_ids
+
+
+def _reconnect_backoff(manager: ConstellationDeviceManager) -> Backoff:
+    settings = manager.settings
+    return Backoff(settings.reconnect_delay, max(settings.backoff_cap, settings.reconnect_delay))
+
+
+async def _open_store(
+    stack: AsyncExitStack, registry: str | FleetRegistry | None, *, namespace: str, timing: LeaseTiming, member_id: str
+) -> FleetRegistry:
+    """The registry to join: a private in-memory one, a Redis one opened on ``stack`` (closed with it), or the one
+    given."""
+    if registry is None:
+        return MemoryRegistry()
+    if isinstance(registry, str):
+        from .redis import open_redis_registry
+
+        return await stack.enter_async_context(
+            open_redis_registry(
+                registry, namespace=namespace, request_timeout=timing.renew_interval, client_name=member_id
+            )
+        )
+    return registry
+
+
+async def _join(
+    store: FleetRegistry,
+    manager: ConstellationDeviceManager,
+    devices: Sequence[DeviceConfig],
+    *,
+    environ: Mapping[str, str] | None,
+    member_id: str,
+) -> None:
+    """Join the fleet (one task_name for all members), add its devices to the manager unconnected (the lease keeper
+    connects the ones this member owns) and open this member's mailbox."""
+    fleet_task_name = await store.join_fleet(manager.task_name, [config.device_id for config in devices])
+    if fleet_task_name != manager.task_name:
+        raise FleetMismatch(
+            f"the fleet on {store.display_name} uses task_name {fleet_task_name!r} but this manager uses "
+            f"{manager.task_name!r}; every member must share one task_name so that a device has one client_id"
+        )
+    env = None if environ is None else dict(environ)  # one snapshot for every device
+    for config in devices:
+        manager.add_device(msgspec.structs.replace(config, auto_connect=False), environ=env)
+    await store.open_mailbox(member_id)
 
 
 async def _run_in(

@@ -195,7 +195,13 @@ async def open_fleet_member(
             retry_backoff=registry_retry,
         )
         publisher = ProfilePublisher(
-            store, member_id, manager, keeper.owns, refresh_interval=timing.renew_interval, retry=registry_retry
+            store,
+            member_id,
+            manager,
+            keeper.owns,
+            held=keeper.held,
+            refresh_interval=timing.renew_interval,
+            retry=registry_retry,
         )
         router = TaskRouter(
             store,

@@ -4,7 +4,9 @@ Fed by the member's event pump (every status change, telemetry merge and task ev
 device dirty and queues the event; one flush then writes every dirty device's profile and queued events in one
 fenced call (the registry refuses devices whose lease this member no longer holds). Bursts batch themselves:
 while one flush is on the wire the next one accumulates. Heartbeat times change without events, so owned devices
-are also re-published every ``refresh_interval`` when their ``last_heartbeat`` moved.
+are also re-published every ``refresh_interval`` when their ``last_heartbeat`` moved. Only the devices this
+member holds are looked at (``held``), never the whole fleet's profiles: with N devices over M members, each
+member's refresh costs N/M reads of a device's state, not N profile snapshots.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 
 import msgspec
 import trio
 
 from ..backoff import Backoff
-from ..manager import ConstellationDeviceManager, DeviceEvent
+from ..manager import ConstellationDeviceManager, DeviceEvent, UnknownDevice
 from .errors import RegistryUnavailable
 from .events import encode_event
 from .registry import DeviceUpdate, FleetRegistry
@@ -33,7 +34,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 class ProfilePublisher:
-    """See the module docstring. ``owns(device_id)`` says whether this member may write the device now."""
+    """See the module docstring. ``owns(device_id)`` says whether this member may write the device now;
+    ``held()`` lists the devices whose lease it holds (``owns`` is checked on each)."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class ProfilePublisher:
         manager: ConstellationDeviceManager,
         owns: Callable[[str], bool],
         *,
+        held: Callable[[], list[str]],
         refresh_interval: float,
         retry: Backoff,
     ) -> None:
@@ -49,13 +52,14 @@ class ProfilePublisher:
         self.member_id = member_id
         self.manager = manager
         self.owns = owns
+        self.held = held
         self.refresh_interval = refresh_interval
         self.retry = retry
         self.dropped_events = 0
         self.flushes = 0
         self._dirty: set[str] = set()
         self._events: dict[str, deque[bytes]] = {}
-        self._heartbeats: dict[str, datetime | None] = {}
+        self._heartbeats: dict[str, float | None] = {}  # last_heartbeat_at as last written, by device
         self._wake = trio.Event()
         self._marks = 0  # how many times a device was marked dirty
         self._published = 0  # ``_marks`` as it was when the last successful flush took its updates
@@ -87,7 +91,7 @@ class ProfilePublisher:
         """
         # The manager's latest events may still sit in the pump's buffer: mark every owned device, so the flush
         # writes each one's profile as it is now.
-        for device_id in self.manager.get_all_devices():
+        for device_id in self.held():
             if self.owns(device_id):
                 self.mark(device_id)
         target = self._marks
@@ -97,9 +101,15 @@ class ProfilePublisher:
 
     def _refresh(self) -> None:
         """Mark owned devices whose heartbeat moved since their last write."""
-        for device_id, profile in self.manager.get_all_devices().items():
-            if self.owns(device_id) and self._heartbeats.get(device_id) != profile.last_heartbeat:
+        for device_id in self.held():
+            if self.owns(device_id) and self._heartbeats.get(device_id) != self._heartbeat_at(device_id):
                 self._dirty.add(device_id)
+
+    def _heartbeat_at(self, device_id: str) -> float | None:
+        try:
+            return self.manager.get_device_state(device_id).last_heartbeat_at
+        except UnknownDevice:  # removed from the manager meanwhile
+            return None
 
     def _take_updates(self) -> list[DeviceUpdate]:
         updates = []
@@ -111,7 +121,7 @@ class ProfilePublisher:
             profile = self.manager.get_device_info(device_id)
             if profile is None:
                 continue
-            self._heartbeats[device_id] = profile.last_heartbeat
+            self._heartbeats[device_id] = self._heartbeat_at(device_id)
             updates.append(
                 DeviceUpdate(
                     device_id=device_id,

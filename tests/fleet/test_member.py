@@ -113,3 +113,46 @@ async def test_the_server_fences_a_second_driver_and_the_owner_retries_until_the
     first, *_, last = [r for r in peer.registrations if r.client_id == "fleet@dev-00"]
     assert first.ended is not None and first.ended <= last.started  # one driver at a time, first to last
     assert len(peer.duplicates_refused) >= 1
+
+
+async def test_the_publisher_reads_only_the_devices_its_member_holds(
+    peer: FencedPeer, runner: MemberRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each renew interval the publisher looks for moved heartbeats: on the member's own devices only, never by
+    snapshotting every profile of the fleet (N/M reads per member, not N profile copies)."""
+    registry = MemoryRegistry()
+    devices = device_configs(peer, 6)
+    ids = [d.device_id for d in devices]
+    a = await runner.start("a", registry, devices)
+    b = await runner.start("b", registry, devices)
+
+    def settled() -> bool:
+        return sorted(a.owned + b.owned) == ids and all(
+            status_of(m, d) is DeviceStatus.IDLE for m in (a, b) for d in m.owned
+        )
+
+    await until(settled, peer, [a, b])
+    manager = a.manager
+    owned = set(a.owned)
+    read: list[str] = []
+    snapshots: list[int] = []
+    enough = trio.Event()  # three refresh rounds at least (renew interval 0.5 s), or one whole-fleet snapshot
+    state_of, all_devices = manager.get_device_state, manager.get_all_devices
+
+    def get_device_state(device_id: str) -> object:
+        read.append(device_id)
+        if len(read) >= 3 * len(owned):
+            enough.set()
+        return state_of(device_id)
+
+    def get_all_devices() -> object:
+        snapshots.append(1)
+        enough.set()
+        return all_devices()
+
+    monkeypatch.setattr(manager, "get_device_state", get_device_state)
+    monkeypatch.setattr(manager, "get_all_devices", get_all_devices)
+    with trio.fail_after(30):
+        await enough.wait()
+    assert snapshots == []
+    assert set(read) == owned and len(owned) == 3

@@ -80,6 +80,19 @@ def _non_empty(text: str) -> str:
     return text
 
 
+def _add_control_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--control HOST:PORT`` and ``--control-allow-remote``, for ``run`` and ``serve`` alike."""
+    parser.add_argument(
+        "--control",
+        metavar="HOST:PORT",
+        help=f"serve {what} there (port 0: any free one; the URL and token are printed once; token from"
+        " $GALAXY_TRIO_CONTROL_TOKEN if set); needs the 'control' extra",
+    )
+    parser.add_argument(
+        "--control-allow-remote", action="store_true", help="let --control bind an address that is not loopback"
+    )
+
+
 def _version() -> str:
     from . import __version__
 
@@ -129,15 +142,7 @@ def _add_run(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="fleet mode: join the managers sharing this Redis (redis://HOST:PORT/DB); needs the 'fleet' extra",
     )
-    run.add_argument(
-        "--control",
-        metavar="HOST:PORT",
-        help="serve the control API and dashboard there (port 0: any free one; the URL and token are printed"
-        " once; token from $GALAXY_TRIO_CONTROL_TOKEN if set); needs the 'control' extra",
-    )
-    run.add_argument(
-        "--control-allow-remote", action="store_true", help="let --control bind an address that is not loopback"
-    )
+    _add_control_options(run, "the control API and dashboard")
 
 
 def _add_task(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
@@ -184,15 +189,7 @@ def _add_serve(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-frame", type=_positive_int, default=1 << 20, help="largest accepted frame in bytes (1 MiB)"
     )
-    serve.add_argument(
-        "--control",
-        metavar="HOST:PORT",
-        help="serve the server's /metrics (bearer token), /healthz and /readyz there (port 0: any free one; the URL"
-        " and token are printed once; token from $GALAXY_TRIO_CONTROL_TOKEN if set); needs the 'control' extra",
-    )
-    serve.add_argument(
-        "--control-allow-remote", action="store_true", help="let --control bind an address that is not loopback"
-    )
+    _add_control_options(serve, "the server's /metrics (bearer token), /healthz and /readyz")
 
 
 def _add_agent(sub: _Subparsers, common: argparse.ArgumentParser) -> None:

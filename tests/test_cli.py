@@ -37,6 +37,19 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def _cli_async(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``python -m galaxy_trio ARGS`` from trio code (the test's own servers keep running meanwhile), bounded."""
+    with trio.fail_after(60):
+        return await trio.run_process(
+            [sys.executable, "-m", "galaxy_trio", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=REPO,
+            env=env,
+        )
+
+
 def _local_config(tmp_path: Path) -> Path:
     config = tmp_path / "devices.yaml"
     config.write_text(
@@ -271,14 +284,7 @@ async def test_task_on_a_device_that_a_running_manager_drives_says_what_to_do(tm
                 assert (await manager.wait_for_device("box")).status.value == "idle"
             config = tmp_path / "devices.yaml"
             config.write_text(f"devices:\n  - device_id: box\n    server_url: '{url}'\n    max_retries: 1\n")
-            with trio.fail_after(60):
-                done = await trio.run_process(
-                    [sys.executable, "-m", "galaxy_trio", "task", str(config), "--device", "box", request],
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                    cwd=REPO,
-                )
+            done = await _cli_async("task", str(config), "--device", "box", request)
             err = done.stderr.decode()
             assert done.returncode == 1, err
             (error,) = [line for line in err.splitlines() if line.startswith("error:")]
@@ -287,15 +293,8 @@ async def test_task_on_a_device_that_a_running_manager_drives_says_what_to_do(tm
             assert suggested in error and "'run --control HOST:PORT' printed" in error
             if control:
                 argv = shlex.split(suggested.replace("URL", endpoint.url))
-                with trio.fail_after(60):
-                    via_ctl = await trio.run_process(
-                        [sys.executable, *argv[1:]],
-                        capture_stdout=True,
-                        capture_stderr=True,
-                        check=False,
-                        cwd=REPO,
-                        env={**os.environ, "GALAXY_TRIO_CONTROL_TOKEN": "ctl-token"},
-                    )
+                assert argv[:3] == ["python", "-m", "galaxy_trio"]
+                via_ctl = await _cli_async(*argv[3:], env={**os.environ, "GALAXY_TRIO_CONTROL_TOKEN": "ctl-token"})
                 assert via_ctl.returncode == 0, via_ctl.stderr.decode()
                 assert "hi there" in via_ctl.stdout.decode()
         nursery.cancel_scope.cancel()
@@ -328,14 +327,7 @@ async def test_task_with_a_wrong_token_says_token_wrong_or_missing(tmp_path: Pat
         config.write_text(
             f"devices:\n  - device_id: d\n    server_url: 'ws://127.0.0.1:{server.port}/ws?token=wrong'\n"
         )
-        with trio.fail_after(60):
-            done = await trio.run_process(
-                [sys.executable, "-m", "galaxy_trio", "task", str(config), "--device", "d", "echo"],
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                cwd=REPO,
-            )
+        done = await _cli_async("task", str(config), "--device", "d", "echo")
         nursery.cancel_scope.cancel()
     err = done.stderr.decode()
     assert done.returncode == 1, err
@@ -412,14 +404,7 @@ async def test_agent_stopped_by_the_server_exits_1_naming_the_cause(tmp_path: Pa
         server = await nursery.start(partial(serve_aip, host="127.0.0.1", port=0, token="right"))
         path, token = ("/ws", "wrong") if status == 403 else ("/nope", "right")
         url = f"ws://127.0.0.1:{server.port}{path}?token={token}"
-        with trio.fail_after(60):
-            done = await trio.run_process(
-                [sys.executable, "-m", "galaxy_trio", "agent", "--server", url, "--device-id", "d"],
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                cwd=REPO,
-            )
+        done = await _cli_async("agent", "--server", url, "--device-id", "d")
         nursery.cancel_scope.cancel()
     err = done.stderr.decode()
     assert done.returncode == 1, err

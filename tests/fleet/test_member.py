@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from galaxy_trio.aip import ClientMessageType
-from galaxy_trio.fleet import FleetMismatch, MemoryRegistry
+from galaxy_trio.fleet import FleetMember, FleetMismatch, MemoryRegistry
 from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus, UnknownDevice
 
 from ..manager.peer import TASK_END_COMPLETED
@@ -34,11 +34,12 @@ async def test_a_lone_member_with_the_default_registry_drives_every_device(peer:
     assert peer.registered() == {}
 
 
-async def test_members_sharing_a_registry_split_the_devices_and_route_tasks(
-    peer: FencedPeer, runner: MemberRunner
-) -> None:
+async def _two_members_settled(
+    peer: FencedPeer, runner: MemberRunner, count: int
+) -> tuple[FleetMember, FleetMember, list[str]]:
+    """Members "a" and "b" on one in-memory registry, once every one of ``count`` devices is IDLE under its owner."""
     registry = MemoryRegistry()
-    devices = device_configs(peer, 6)
+    devices = device_configs(peer, count)
     ids = [d.device_id for d in devices]
     a = await runner.start("a", registry, devices)
     b = await runner.start("b", registry, devices)
@@ -49,6 +50,13 @@ async def test_members_sharing_a_registry_split_the_devices_and_route_tasks(
         )
 
     await until(settled, peer, [a, b])
+    return a, b, ids
+
+
+async def test_members_sharing_a_registry_split_the_devices_and_route_tasks(
+    peer: FencedPeer, runner: MemberRunner
+) -> None:
+    a, b, _ = await _two_members_settled(peer, runner, 6)
     assert len(a.owned) == len(b.owned) == 3
     # Each device is connected by its owner only.
     for member, other in ((a, b), (b, a)):
@@ -120,18 +128,7 @@ async def test_the_publisher_reads_only_the_devices_its_member_holds(
 ) -> None:
     """Each renew interval the publisher looks for moved heartbeats: on the member's own devices only, never by
     snapshotting every profile of the fleet (N/M reads per member, not N profile copies)."""
-    registry = MemoryRegistry()
-    devices = device_configs(peer, 6)
-    ids = [d.device_id for d in devices]
-    a = await runner.start("a", registry, devices)
-    b = await runner.start("b", registry, devices)
-
-    def settled() -> bool:
-        return sorted(a.owned + b.owned) == ids and all(
-            status_of(m, d) is DeviceStatus.IDLE for m in (a, b) for d in m.owned
-        )
-
-    await until(settled, peer, [a, b])
+    a, _, _ = await _two_members_settled(peer, runner, 6)
     manager = a.manager
     owned = set(a.owned)
     read: list[str] = []

@@ -14,7 +14,6 @@ from galaxy_trio.aip.client_protocol import (
     Outcome,
     RegistrationState,
     Role,
-    ServerError,
     TaskAcked,
     TaskEnded,
     Unsolicited,
@@ -104,18 +103,6 @@ def test_device_info_answers_are_correlated_by_request_id() -> None:
     assert protocol.receive(answer, 1.0) == [DeviceInfoAnswered("r1", answer)]
     (again,) = protocol.receive(answer, 1.0)  # answered once only
     assert isinstance(again, Unsolicited)
-
-
-def test_an_error_frame_answers_every_pending_info_request_and_is_reported() -> None:
-    protocol = _registered()
-    protocol.device_info_request("dev", "b")
-    protocol.device_info_request("dev", "a")
-    error = builders.server_error("boom")
-    assert protocol.receive(error, 1.0) == [
-        DeviceInfoAnswered("a", error),
-        DeviceInfoAnswered("b", error),
-        ServerError("boom"),
-    ]
 
 
 def test_task_acks_and_ends_go_only_to_our_own_sessions() -> None:

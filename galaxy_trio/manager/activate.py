@@ -33,7 +33,6 @@ __all__ = ["keep_alive"]
 
 async def keep_alive(
     session: ClientSession,
-    client_id: str,
     *,
     interval: float,
     reply_window: float,
@@ -44,7 +43,7 @@ async def keep_alive(
     protocol = session.protocol
     # The schedule starts now, the moment the device is IDLE; liveness keeps what the reader recorded.
     beats = protocol.heartbeats = Heartbeats(interval, reply_window, trio.current_time())
-    frame = builders.heartbeat(client_id, ClientType.CONSTELLATION)
+    frame = builders.heartbeat(protocol.client_id, ClientType.CONSTELLATION)
     # When each beat not yet acked went out (trio time); a list, not a deque: it holds 0-2 items, and a deque
     # allocates a 64-slot block per device (760 bytes of an idle device's memory).
     unanswered: list[float] = []

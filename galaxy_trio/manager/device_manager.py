@@ -704,7 +704,6 @@ class ConstellationDeviceManager:
         settings = self.settings
         return keep_alive(
             session,
-            builders.constellation_client_id(self.task_name, device.profile.device_id),
             interval=settings.heartbeat_interval,
             reply_window=settings.heartbeat_timeout,
             on_missed=on_missed,

@@ -29,13 +29,12 @@ async def test_a_reply_waiting_unread_is_not_a_missed_heartbeat_but_silence_stil
     async with serving() as server:
         link, peer = await connect(server)
         async with trio.open_nursery() as nursery:
-            session = ClientSession(link, nursery.cancel_scope, "dev")
+            session = ClientSession(link, nursery.cancel_scope, "dev", client_id="galaxy@dev")
             started = trio.current_time()
             nursery.start_soon(
                 partial(
                     keep_alive,
                     session,
-                    "galaxy@dev",
                     interval=INTERVAL,
                     reply_window=WINDOW,
                     on_missed=lambda: missed.append(trio.current_time()),

@@ -85,6 +85,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
 class RunChecks(NamedTuple):
@@ -789,7 +790,8 @@ class ConfigWalker:
             return f"{message}: YAML 1.1 reads {text} as a boolean; quote it to keep the text: {text!r}"
         if node.tag == _NULL_TAG:
             return f"{message}: YAML reads {text or 'an empty value'} as null; quote it if you meant text"
-        return f"{message}: YAML reads {text} as a number; quote it to keep the text: {text!r}"
+        what = "a date" if node.tag == _TIMESTAMP_TAG else "a number"
+        return f"{message}: YAML reads {text} as {what}; quote it to keep the text: {text!r}"
 
 
 def _is_null(node: Node) -> bool:

@@ -77,8 +77,11 @@ def test_each_bad_device_field_is_refused_with_its_own_text(line: str, message: 
 
 
 def test_a_value_of_a_type_without_a_yaml_name_is_named_by_its_python_type() -> None:
-    (shown,) = messages(device_file("os: 2025-01-01"))
-    assert shown.startswith("<string>:4: device 'dev1': os: expected a string, got date")
+    """And the hint says what YAML took it for (it said 'as a number')."""
+    assert messages(device_file("os: 2025-01-01")) == [
+        "<string>:4: device 'dev1': os: expected a string, got date: YAML reads 2025-01-01 as a date; quote it to"
+        " keep the text: '2025-01-01'"
+    ]
 
 
 def test_an_empty_device_id_is_refused_saying_so() -> None:

@@ -30,6 +30,13 @@ modules=(
   "client_protocol|galaxy_trio/aip/client_protocol.py|tests/protocol tests/mutation_kills"
   # The server's dispatch: the reader, frame handling and dispatch, the budget and send bounds (not registration,
   # keepalive or cleanup, whose mutants each need the whole server suite).
+  # The config rules: the pure rules, the Structs' own validation (__post_init__ and the field loop it runs), and
+  # the loader's bounds and error positions (size cap, alias-expansion cap, where a YAML error is reported, the
+  # order problems are listed in); not the walk that maps values to lines, whose mutants each need most of
+  # test_config.py.
+  "config_rules|galaxy_trio/config/rules.py|tests/test_config.py tests/test_config_run.py tests/test_config_ufo.py tests/mutation_kills"
+  "config_model|galaxy_trio/config/model.py|tests/test_config.py tests/test_config_run.py tests/test_config_ufo.py tests/mutation_kills|*ǁ__post_init____mutmut_* *x__struct_problems__mutmut_*"
+  "config_loading|galaxy_trio/config/loading.py|tests/test_config.py tests/test_config_run.py tests/test_config_ufo.py tests/mutation_kills|*x_read_text__mutmut_* *ǁprepare__mutmut_* *x__alias_problem__mutmut_* *x__yaml_error__mutmut_* *x__char_at__mutmut_* *x__line__mutmut_* *ǁfail__mutmut_*"
   "dispatch|galaxy_trio/server/connection.py|tests/server tests/security/test_floods.py tests/mutation_kills|*ǁ_read_loop__mutmut_* *ǁ_handle__mutmut_* *ǁ_dispatch__mutmut_* *ǁ_on_command_results__mutmut_* *ǁ_on_task__mutmut_* *BoundedLinkǁsend_text__mutmut_* *ǁ_not_reading__mutmut_*"
 )
 
@@ -52,11 +59,17 @@ for entry in "${modules[@]}"; do
     echo "[mutmut]"
     echo "source_paths=galaxy_trio"
     echo "only_mutate=$file"
-    # A test that reads a module's imports sees mutmut's own (its trampoline): not a mutant's doing, so left out.
+    # mutmut copies only the sources and tests/ into its mutants/ tree; the config tests also load the shipped file.
+    echo "also_copy="
+    echo "    config"
+    # Two tests left out: a test that reads a module's imports sees mutmut's own (its trampoline): not a mutant's
+    # doing; and a CLI run in a child process started from another directory, where the trampolines cannot find
+    # mutmut's config.
     echo "pytest_add_cli_args="
     echo "    -p"
     echo "    no:cacheprovider"
     echo "    --deselect=tests/server/test_server_rules.py::test_rules_build_on_the_protocol_layer_only"
+    echo "    --deselect=tests/test_config_ufo.py::test_run_with_ufos_constellation_brings_its_devices_up"
     echo "pytest_add_cli_args_test_selection="
     for t in $tests; do
       [ -e "$scratch/$t" ] && echo "    $t"

@@ -85,6 +85,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
 
 class RunChecks(NamedTuple):
@@ -133,12 +134,12 @@ def read_text(source: str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
         with open(source, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             if size > max_bytes:
-                message = (
-                    f"file is {size:,} bytes, over the {max_bytes:,}-byte limit for a config; split the fleet"
-                    " over several managers (fleet mode), or raise max_bytes when loading it from code"
-                )
-                raise ConfigError([ConfigProblem(message=message, file=source)])
+                raise ConfigError([ConfigProblem(message=_over_limit(f"{size:,} bytes, ", max_bytes), file=source)])
             data = file.read(max_bytes + 1)
+            # A pipe (--config <(...), /dev/stdin) has no size: its bytes count. Cut at max_bytes + 1, multi-byte
+            # text could decode to max_bytes characters or fewer and load truncated.
+            if len(data) > max_bytes:
+                raise ConfigError([ConfigProblem(message=_over_limit("", max_bytes), file=source)])
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(message="no such file", file=source)]) from None
     except OSError as exc:
@@ -150,6 +151,13 @@ def read_text(source: str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         message = f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); is this a binary file?"
         raise ConfigError([ConfigProblem(message=message, file=source, line=line)]) from None
+
+
+def _over_limit(size: str, max_bytes: int) -> str:
+    return (
+        f"file is {size}over the {max_bytes:,}-byte limit for a config; split the fleet over several managers"
+        " (fleet mode), or raise max_bytes when loading it from code"
+    )
 
 
 def parse_config(
@@ -782,7 +790,8 @@ class ConfigWalker:
             return f"{message}: YAML 1.1 reads {text} as a boolean; quote it to keep the text: {text!r}"
         if node.tag == _NULL_TAG:
             return f"{message}: YAML reads {text or 'an empty value'} as null; quote it if you meant text"
-        return f"{message}: YAML reads {text} as a number; quote it to keep the text: {text!r}"
+        what = "a date" if node.tag == _TIMESTAMP_TAG else "a number"
+        return f"{message}: YAML reads {text} as {what}; quote it to keep the text: {text!r}"
 
 
 def _is_null(node: Node) -> bool:

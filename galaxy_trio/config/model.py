@@ -187,8 +187,13 @@ class GalaxyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             if not isinstance(device, DeviceConfig):
                 message = f"expected DeviceConfig, got {type(device).__name__}"
                 problems.append(ConfigProblem(message=message, field=f"devices[{index}]"))
-            elif device.device_id in seen:
-                first = next(i for i, other in enumerate(self.devices) if other.device_id == device.device_id)
+                continue  # it has no device_id to compare
+            if device.device_id in seen:
+                first = next(
+                    i
+                    for i, other in enumerate(self.devices)
+                    if isinstance(other, DeviceConfig) and other.device_id == device.device_id
+                )
                 message = duplicate_id_problem(device.device_id, first)
                 problems.append(
                     ConfigProblem(message=message, device=device.device_id, field=f"devices[{index}].device_id")

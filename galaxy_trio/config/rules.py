@@ -143,10 +143,12 @@ def server_url(url: str) -> str | None:
         return "must not carry credentials before the host; put the token in ?token= or use token_env"
     if not parts.hostname:
         return "has no host"
-    _, bracket, after_host = parts.netloc.rpartition("]")
+    # The port as urlsplit reads it (all after the first ']' of an IPv6 host, then after the first ':'): a port
+    # it cannot read would raise out of DeviceConfig.port, after the file was accepted.
+    _, bracket, after_host = parts.netloc.partition("]")
     port_text = after_host if bracket else parts.netloc
     if ":" in port_text:
-        port_text = port_text.rpartition(":")[2]
+        port_text = port_text.partition(":")[2]
         if not port_text.isascii() or not port_text.isdigit():
             return f"invalid port {port_text!r}"
         if not 1 <= int(port_text) <= 65535:

@@ -1,6 +1,7 @@
 """One AIP connection, from its first frame to its close: registration, a single reader, its sessions.
 
-Each connection runs in its own nursery, which holds its keepalive task and the sessions it asked for. Exactly one
+Each connection runs in its own nursery, which holds the sessions it asked for; its keepalive is the server's
+(:mod:`.keepalive`: one task for every link), which tells it when its peer fell silent. Exactly one
 task reads the socket and handles frames in order (UFO handles each frame in its own task, so its replies can come
 back out of order, §11.8). The protocol decisions come from :mod:`.rules`; this module only carries them out.
 
@@ -40,6 +41,7 @@ from ..errors import BinaryFrame, LinkClosed
 from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ServerLink
 from . import rules
 from .clients import ClientRecord, ClientRegistry
+from .keepalive import Keepalive, LinkWatch
 from .sessions import Session, SessionDriver, deliver_command_results
 from .settings import ServerSettings
 from .stats import ServerStats
@@ -63,6 +65,8 @@ class ServerContext:
     settings: ServerSettings
     driver: SessionDriver
     stats: ServerStats = field(default_factory=ServerStats)
+    #: The server-wide keepalive every registered connection is watched by (None: keepalive off).
+    keepalive: Keepalive | None = None
 
 
 async def handle_connection(ctx: ServerContext, link: ServerLink, remote: str) -> None:
@@ -114,7 +118,6 @@ class _Connection:
         "_ctx",
         "_final_error",
         "_gone",
-        "_keepalive_scope",
         "_link",
         "_nursery",
         "_out",
@@ -124,6 +127,7 @@ class _Connection:
         "_remote",
         "_stopping",
         "_target",
+        "_watch",
     )
 
     def __init__(self, ctx: ServerContext, link: ServerLink, remote: str) -> None:
@@ -136,7 +140,7 @@ class _Connection:
         self._target: ClientRecord | None = None
         self._nursery: trio.Nursery | None = None
         self._reader_scope = trio.CancelScope()
-        self._keepalive_scope = trio.CancelScope()
+        self._watch: LinkWatch | None = None
         self._close_code = CLOSE_NORMAL
         self._close_reason: str | None = None
         self._final_error: str | None = None
@@ -156,21 +160,23 @@ class _Connection:
             record = await self._register()
             if record is None:
                 return
+            keepalive = self._ctx.keepalive
+            if keepalive is not None:
+                self._watch = keepalive.watch(self._link, self._silent)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self._ctx.settings.ping_interval is not None:
-                    nursery.start_soon(self._keepalive, self._ctx.settings.ping_interval)
                 with self._reader_scope:
                     try:
                         await self._out.send(builders.registration_confirmation())
                         await self._read_loop(record)
                     except LinkClosed as exc:
                         logger.info("%s disconnected (%s)", self._who, exc)
+                self._forget_keepalive()
                 self._disconnect()
-                self._keepalive_scope.cancel()
                 # The nursery now waits for this client's sessions to deliver their TASK_END (bounded).
             await self._send_final_error()
         finally:
+            self._forget_keepalive()
             self._disconnect()
             await self._link.aclose(self._close_code, self._close_reason)
 
@@ -375,21 +381,18 @@ class _Connection:
 
     # --- liveness and cleanup -----------------------------------------------------------------------------------
 
-    async def _keepalive(self, interval: float) -> None:
-        """Ping every ``interval``; a peer that does not pong within ``ping_timeout`` is closed (1011)."""
-        timeout = self._ctx.settings.ping_timeout
-        with self._keepalive_scope:
-            while True:
-                await trio.sleep(interval)
-                with trio.move_on_after(timeout) as ping:
-                    try:
-                        await self._link.ping()
-                    except LinkClosed:
-                        return
-                if ping.cancelled_caught:
-                    logger.warning("%s did not answer a ping within %g s; closing", self._who, timeout)
-                    self._stop(None, CLOSE_INTERNAL_ERROR, "keepalive ping timeout", force=True)
-                    return
+    def _silent(self) -> None:
+        """The keepalive's verdict: the peer sent nothing for ``ping_interval``, was pinged, and sent nothing for
+        ``ping_timeout`` more (a vanished host, as far as the server can tell). It is unregistered, then closed
+        with 1011."""
+        logger.warning("%s did not answer a ping within %g s; closing", self._who, self._ctx.settings.ping_timeout)
+        self._stop(None, CLOSE_INTERNAL_ERROR, "keepalive ping timeout", force=True)
+
+    def _forget_keepalive(self) -> None:
+        """The reader stopped: the keepalive has nothing left to watch. Idempotent."""
+        watch, self._watch = self._watch, None
+        if watch is not None and self._ctx.keepalive is not None:
+            self._ctx.keepalive.forget(watch)
 
     def _not_reading(self) -> None:
         """A frame for this peer did not leave within ``send_deadline``: it reads nothing, so it is closed."""

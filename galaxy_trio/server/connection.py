@@ -1,9 +1,10 @@
 """One AIP connection, from its first frame to its close: registration, a single reader, its sessions.
 
-Each connection runs in its own nursery, which holds the sessions it asked for; its keepalive is the server's
-(:mod:`.keepalive`: one task for every link), which tells it when its peer fell silent. Exactly one
-task reads the socket and handles frames in order (UFO handles each frame in its own task, so its replies can come
-back out of order, §11.8). The protocol decisions come from :mod:`.rules`; this module only carries them out.
+A connection is one task. It opens a nursery of its own at its first TASK, to hold the sessions it asks for (most
+connections never send one); its keepalive is the server's (:mod:`.keepalive`: one task for every link), which
+tells it when its peer fell silent. Exactly one task reads the socket and handles frames in order (UFO handles
+each frame in its own task, so its replies can come back out of order, §11.8). The protocol decisions come from
+:mod:`.rules`; this module only carries them out.
 
 Whatever ends a connection (the peer closing, a binary frame, a keepalive timeout, a server shutdown), the same
 cleanup runs: the client leaves the registry, sessions on it as a device fail at once towards their requesters,
@@ -163,22 +164,38 @@ class _Connection:
             keepalive = self._ctx.keepalive
             if keepalive is not None:
                 self._watch = keepalive.watch(self._link, self._silent)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                with self._reader_scope:
-                    try:
-                        await self._out.send(builders.registration_confirmation())
-                        await self._read_loop(record)
-                    except LinkClosed as exc:
-                        logger.info("%s disconnected (%s)", self._who, exc)
-                self._forget_keepalive()
-                self._disconnect()
-                # The nursery now waits for this client's sessions to deliver their TASK_END (bounded).
+            first_task = await self._read(record, None)
+            if first_task is not None:
+                # Sessions outlive the reader (they still deliver their TASK_END), so they need a nursery outside
+                # its scope: opened at the first TASK, which most connections never send.
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._reader_scope = trio.CancelScope()
+                    await self._read(record, first_task)
+                    self._forget_keepalive()
+                    self._disconnect()
+                    # The nursery now waits for this client's sessions to deliver their TASK_END (bounded).
+            self._forget_keepalive()
+            self._disconnect()
             await self._send_final_error()
         finally:
             self._forget_keepalive()
             self._disconnect()
             await self._link.aclose(self._close_code, self._close_reason)
+
+    async def _read(self, record: ClientRecord, first_task: ClientMessage | None) -> ClientMessage | None:
+        """Be the connection's reader, in ``_reader_scope``, until the link ends or is stopped (None), or, while
+        the connection has no nursery yet, until a TASK comes (returned unhandled, for :meth:`run`)."""
+        with self._reader_scope:
+            try:
+                if first_task is None:
+                    await self._out.send(builders.registration_confirmation())
+                else:
+                    await self._dispatch_guarded(record, first_task)
+                return await self._read_loop(record)
+            except LinkClosed as exc:
+                logger.info("%s disconnected (%s)", self._who, exc)
+        return None
 
     def _stop(self, error: str | None, code: int, reason: str, *, force: bool = False) -> None:
         """End the connection: the reader stops (at once if it is waiting for a frame, else after the frame it is
@@ -247,7 +264,8 @@ class _Connection:
 
     # --- the single reader --------------------------------------------------------------------------------------
 
-    async def _read_loop(self, record: ClientRecord) -> None:
+    async def _read_loop(self, record: ClientRecord) -> ClientMessage | None:
+        """Read and handle frames in order; a TASK that needs the nursery first is returned (see :meth:`_read`)."""
         link = self._link
         budget = self._budget
         while not self._stopping:
@@ -258,7 +276,7 @@ class _Connection:
                 self._ctx.stats.reject("binary")
                 logger.warning("%s sent a binary frame (%d bytes); closing", self._who, exc.size)
                 self._stop(BINARY_FRAME_ERROR, CLOSE_UNSUPPORTED_DATA, "binary frame")
-                return
+                return None
             finally:
                 self._receiving = False
             if not budget.take(trio.current_time()):
@@ -267,21 +285,31 @@ class _Connection:
                 )
                 self._ctx.stats.reject("frame_budget")
                 self._stop(budget.refusal(), CLOSE_POLICY_VIOLATION, rules.FRAME_RATE_EXCEEDED)
-                return
-            await self._handle(record, frame)
+                return None
+            deferred = await self._handle(record, frame)
+            if deferred is not None:
+                return deferred
+        return None
 
-    async def _handle(self, record: ClientRecord, frame: str) -> None:
+    async def _handle(self, record: ClientRecord, frame: str) -> ClientMessage | None:
+        """Handle one frame; a TASK while the connection has no nursery is returned instead (see :meth:`run`)."""
         try:
             msg = decode_client_message(frame)
         except AIPDecodeError as exc:
             self._ctx.stats.reject("decode")
             await self._reply_error(str(exc))
-            return
+            return None
         mismatch = rules.check_identity(msg, record)
         if mismatch is not None:
             self._ctx.stats.reject("identity")
             await self._reply_error(mismatch)
-            return
+            return None
+        if msg.type is ClientMessageType.TASK and self._nursery is None:
+            return msg
+        await self._dispatch_guarded(record, msg)
+        return None
+
+    async def _dispatch_guarded(self, record: ClientRecord, msg: ClientMessage) -> None:
         try:
             await self._dispatch(record, msg)
         except LinkClosed:

@@ -1,4 +1,4 @@
-"""The server-wide keepalive (server/keepalive.py), on trio's MockClock.
+"""The server-wide keepalive (server/keepalive.py), on trio's MockClock, and what a connection costs in tasks.
 
 The peers are :class:`~._peers.RawPeer`: what they answer (a pong or not, frames or silence) is the test's
 choice, and they run no task of their own, which keeps the server's task tree readable.
@@ -155,6 +155,49 @@ async def test_one_keepalive_task_watches_every_connection(
     await trio.testing.wait_all_tasks_blocked()
     assert server.online_clients() == {}
     assert sorted(_task_names()) == sorted(before)  # the connections' tasks and the pings' are gone
+
+
+def _connection_nurseries() -> int:
+    """Nurseries open inside the server's connection tasks (each one's own, and any below it)."""
+    count = 0
+    pending = [trio.lowlevel.current_root_task()]
+    inside: set[trio.lowlevel.Task] = set()
+    while pending:
+        task = pending.pop()
+        if task.name.endswith("_serve_connection") or task in inside:
+            count += len(task.child_nurseries)
+            inside.update(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+        pending.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
+async def test_a_connection_opens_a_nursery_only_at_its_first_task(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Sessions need one (they outlive the reader to deliver their TASK_END); a connection that never sends a
+    TASK, every device and most constellations, does not pay for it."""
+    server = await start_server(nursery, settings=_settings())
+    device = await RawPeer.device(server, "dev_t")
+    constellation = await RawPeer.open(server)
+    await constellation.send(builders.constellation_register("t", "dev_t"))
+    await constellation.expect_ack()
+    assert _connection_nurseries() == 0
+    await constellation.send(
+        builders.task_request("t@dev_t", "dev_t", session_id="s-1", task_name="t", request="list_tools")
+    )
+    await constellation.expect_ack()  # the TASK accepted: its session runs in the constellation's nursery
+    command = await device.receive()
+    assert (command.type.value, command.session_id) == ("command", "s-1")
+    assert _connection_nurseries() == 1
+    assert server.running_sessions() == {"s-1": "dev_t"}
+    await device.close()  # the session fails towards its requester, from that nursery
+    end = await constellation.receive()
+    assert (end.type.value, end.session_id, end.status.value) == ("task_end", "s-1", "failed")
+    assert (await constellation.receive()).error == "Target device 'dev_t' disconnected"
+    assert await constellation.expect_close() == (1000, "target device disconnected")
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.running_sessions() == {}
+    assert _connection_nurseries() == 0
 
 
 async def test_keepalive_off_runs_no_task_and_never_pings(

@@ -61,17 +61,25 @@ class Watched(Protocol):
 
 
 class LinkWatch:
-    """One watched link: a connection's handle, to give back to :meth:`Keepalive.forget` when it ends."""
+    """One watched link: a connection's handle, to give back to :meth:`Keepalive.forget` when it ends.
 
-    __slots__ = ("link", "on_silent", "pinged_at", "watched")
+    Once forgotten (or judged silent) it lets go of the link and the callback: its heap entry may wait until it
+    comes due, and must not keep the connection's objects alive meanwhile.
+    """
+
+    __slots__ = ("link", "on_silent", "pinged_at")
 
     def __init__(self, link: Watched, on_silent: Callable[[], None]) -> None:
-        self.link = link
-        self.on_silent = on_silent
+        #: None once the watch is over; its heap entry, if any, is then dropped.
+        self.link: Watched | None = link
+        self.on_silent: Callable[[], None] | None = on_silent
         #: When the link was pinged and nothing has been heard since (its heap entry is the verdict), else None.
         self.pinged_at: float | None = None
-        #: False once forgotten, or once judged silent: its heap entry, if any, is then dropped.
-        self.watched = True
+
+    def end(self) -> Callable[[], None] | None:
+        """Let go of the link; the callback, if the watch was still on."""
+        on_silent, self.link, self.on_silent = self.on_silent, None, None
+        return on_silent
 
 
 class Keepalive:
@@ -105,13 +113,12 @@ class Keepalive:
 
     def forget(self, watch: LinkWatch) -> None:
         """Stop watching (the connection is ending). Idempotent, never awaits."""
-        if not watch.watched:
+        if watch.end() is None:
             return
-        watch.watched = False
         self._live -= 1
         self._forgotten += 1
         if self._forgotten > self._live + _COMPACT_SLACK:
-            self._heap = [entry for entry in self._heap if entry[2].watched]
+            self._heap = [entry for entry in self._heap if entry[2].link is not None]
             heapq.heapify(self._heap)
             self._forgotten = 0
 
@@ -135,10 +142,10 @@ class Keepalive:
         interval = self._interval
         while heap and heap[0][0] <= now:
             _, _, watch = heapq.heappop(heap)
-            if not watch.watched:
+            link = watch.link
+            if link is None:
                 self._forgotten -= 1
                 continue
-            link = watch.link
             heard_at = link.heard_at
             pinged_at = watch.pinged_at
             if pinged_at is None:
@@ -156,9 +163,10 @@ class Keepalive:
                 watch.pinged_at = None
                 self._push(now + interval, watch)
             else:
-                watch.watched = False
+                on_silent = watch.end()
+                assert on_silent is not None  # (a watch with a link has its callback)
                 self._live -= 1
-                watch.on_silent()
+                on_silent()
 
     async def _ping(self, link: Watched) -> None:
         """Send one ping. Bounded: past ``timeout`` its verdict is due anyway, and a link whose ping could not be

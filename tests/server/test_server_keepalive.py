@@ -6,7 +6,11 @@ choice, and they run no task of their own, which keeps the server's task tree re
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
 import pytest
@@ -16,7 +20,7 @@ import trio.testing
 from galaxy_trio.aip import ClientType, builders
 from galaxy_trio.server import ServerSettings
 from galaxy_trio.server.keepalive import Keepalive
-from galaxy_trio.transport import LinkRequest, ServerLink, open_link, serve_links
+from galaxy_trio.transport import ClientLink, LinkRequest, ServerLink, open_link, serve_links
 
 from ._peers import RAW_GUARD, RawPeer, start_server
 
@@ -211,39 +215,73 @@ async def test_keepalive_off_runs_no_task_and_never_pings(
     await peer.close()
 
 
-async def test_an_answer_waiting_unread_in_the_socket_is_not_silence(autojump_clock: trio.testing.MockClock) -> None:
-    """The Keepalive alone, over real links whose server side nobody reads (a reader busy elsewhere): a peer
-    whose frame came after the ping but waits in the socket is spared; a twin that sent nothing is reported
-    ``ping_interval + ping_timeout`` after its link opened."""
-    keepalive = Keepalive(INTERVAL, TIMEOUT)
+@asynccontextmanager
+async def _unread_links(count: int) -> AsyncIterator[tuple[list[ServerLink], list[ClientLink]]]:
+    """``count`` real links, the server's ends of which nobody reads (a reader busy elsewhere), and the clients'."""
     accepted: list[ServerLink] = []
-    both_accepted = trio.Event()
+    all_accepted = trio.Event()
+
+    async def never_read(request: LinkRequest) -> None:
+        accepted.append(await request.accept())
+        if len(accepted) == count:
+            all_accepted.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_links, never_read, "127.0.0.1", 0, handshake_deadline=RAW_GUARD))
+        async with AsyncExitStack() as clients:
+            links = [await clients.enter_async_context(open_link(f"ws://127.0.0.1:{port}/ws")) for _ in range(count)]
+            with trio.fail_after(RAW_GUARD):
+                await all_accepted.wait()
+            yield accepted, links
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_answer_waiting_unread_in_the_socket_is_not_silence(autojump_clock: trio.testing.MockClock) -> None:
+    """The Keepalive alone: a peer whose frame came after the ping but waits unread in the socket is spared; a
+    twin that sent nothing is reported ``ping_interval + ping_timeout`` after its link opened."""
+    keepalive = Keepalive(INTERVAL, TIMEOUT)
     silent: dict[str, float] = {}
 
     def report_silent(name: str) -> None:
         silent[name] = trio.current_time()
 
-    async def never_read(request: LinkRequest) -> None:
-        accepted.append(await request.accept())
-        if len(accepted) == 2:
-            both_accepted.set()
-        await trio.sleep_forever()
-
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(partial(serve_links, never_read, "127.0.0.1", 0, handshake_deadline=RAW_GUARD))
+    async with _unread_links(2) as (accepted, (talking, _)), trio.open_nursery() as nursery:
         nursery.start_soon(keepalive.run)
-        async with open_link(f"ws://127.0.0.1:{port}/ws") as talking, open_link(f"ws://127.0.0.1:{port}/ws"):
-            with trio.fail_after(RAW_GUARD):
-                await both_accepted.wait()
-            opened_at = trio.current_time()
-            for name, link in zip(("talking", "quiet"), accepted, strict=True):
-                keepalive.watch(link, partial(report_silent, name))
-            assert keepalive.watching == 2
-            await trio.sleep(INTERVAL + 1)  # both pinged; neither client reads, so neither pongs
-            await talking.send_text("busy, but here")
-            await trio.sleep(200)
-            assert accepted[0].heard_at == pytest.approx(opened_at, abs=0.1)  # (nobody read it)
-            assert list(silent) == ["quiet"]
-            assert silent["quiet"] - opened_at == pytest.approx(INTERVAL + TIMEOUT, abs=0.01)
-            assert keepalive.watching == 1
+        opened_at = trio.current_time()
+        for name, link in zip(("talking", "quiet"), accepted, strict=True):
+            keepalive.watch(link, partial(report_silent, name))
+        assert keepalive.watching == 2
+        await trio.sleep(INTERVAL + 1)  # both pinged; neither client reads, so neither pongs
+        await talking.send_text("busy, but here")
+        await trio.sleep(200)
+        assert accepted[0].heard_at == pytest.approx(opened_at, abs=0.1)  # (nobody read it)
+        assert list(silent) == ["quiet"]
+        assert silent["quiet"] - opened_at == pytest.approx(INTERVAL + TIMEOUT, abs=0.01)
+        assert keepalive.watching == 1
+        nursery.cancel_scope.cancel()
+
+
+class _Owner:
+    """Stands for a connection: what the keepalive's callback would keep alive."""
+
+    def silent(self) -> None:
+        raise AssertionError("a forgotten watch was judged")
+
+
+async def test_a_forgotten_watch_keeps_nothing_of_its_connection_alive(autojump_clock: trio.testing.MockClock) -> None:
+    """Its heap entry waits until it comes due, but the connection behind it is freed at once."""
+    keepalive = Keepalive(INTERVAL, TIMEOUT)
+    async with _unread_links(1) as (accepted, _), trio.open_nursery() as nursery:
+        nursery.start_soon(keepalive.run)
+        owner = _Owner()
+        owner_ref = weakref.ref(owner)
+        watch = keepalive.watch(accepted[0], owner.silent)
+        keepalive.forget(watch)
+        keepalive.forget(watch)  # (idempotent)
+        del owner
+        gc.collect()
+        assert owner_ref() is None
+        assert keepalive.watching == 0
+        await trio.sleep(INTERVAL + TIMEOUT + 1)  # its entry comes due: dropped, nothing called
         nursery.cancel_scope.cancel()

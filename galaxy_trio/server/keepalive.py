@@ -16,7 +16,9 @@ Compared with the per-connection keepalive it replaces (a ping every ``interval`
 did not come within ``timeout``): a silent peer is pinged and closed at the same moments (``interval`` after its
 last frame, then ``timeout`` after the ping); a peer that answers pings is never closed; a peer that sends frames
 but ignores pings is kept as long as its frames never stop for ``interval + timeout`` (before, its first
-unanswered ping closed it). The new rule is never stricter than the old one.
+unanswered ping closed it). The new rule is never stricter than the old one. (With ``timeout`` longer than
+``interval``, the ping after an answer waits for the previous ping's verdict time, ``timeout`` after it, where the
+old keepalive sent it ``interval`` after the pong: later, never sooner.)
 
 How: each watched link has one entry in a heap of due times. A due ping is taken lazily: if the peer was heard
 since, the entry moves to ``heard_at + interval`` and nothing is sent, so links that talk are never pinged. Pings

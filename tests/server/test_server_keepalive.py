@@ -47,22 +47,27 @@ def _keepalive_tasks() -> int:
     return sum(name.endswith("Keepalive.run") for name in _task_names())
 
 
+@pytest.mark.parametrize(("interval", "ping_timeout"), [(INTERVAL, TIMEOUT), (5.0, 20.0), (20.0, 20.0)])
 async def test_a_silent_peer_is_pinged_interval_after_its_last_frame_and_closed_timeout_later(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    interval: float,
+    ping_timeout: float,
 ) -> None:
-    server = await start_server(nursery, settings=_settings())
+    server = await start_server(nursery, settings=ServerSettings(ping_interval=interval, ping_timeout=ping_timeout))
     peer = await RawPeer.device(server, "quiet_dev")
-    await trio.sleep(13)
+    await trio.sleep(interval * 0.65)
     await peer.heartbeat("quiet_dev")  # the last frame it sends: silence is counted from here
     last_frame_at = trio.current_time()
 
     await peer.expect_ping()
-    assert trio.current_time() - last_frame_at == pytest.approx(INTERVAL, abs=0.01)
+    assert trio.current_time() - last_frame_at == pytest.approx(interval, abs=0.01)
     with caplog.at_level(logging.WARNING, logger="galaxy_trio.server"):
         assert await peer.expect_close() == (1011, "keepalive ping timeout")
-    assert trio.current_time() - last_frame_at == pytest.approx(INTERVAL + TIMEOUT, abs=0.01)
+    assert trio.current_time() - last_frame_at == pytest.approx(interval + ping_timeout, abs=0.01)
     assert server.online_clients() == {}  # unregistered before the close frame went out
-    assert f"did not answer a ping within {TIMEOUT:g} s; closing" in caplog.text
+    assert f"did not answer a ping within {ping_timeout:g} s; closing" in caplog.text
     await peer.stream.aclose()
 
 
@@ -88,10 +93,13 @@ async def test_a_silent_device_is_unregistered_and_its_constellation_told(
     assert server.online_clients() == {}
 
 
+@pytest.mark.parametrize(("interval", "ping_timeout"), [(INTERVAL, TIMEOUT), (5.0, 20.0)])
 async def test_a_peer_that_answers_pings_stays_and_is_pinged_once_per_silent_interval(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, interval: float, ping_timeout: float
 ) -> None:
-    server = await start_server(nursery, settings=_settings())
+    """Pinged ``interval`` after its last answer; with a ``ping_timeout`` longer than that, only once the
+    previous ping's verdict is due (see the keepalive's docstring)."""
+    server = await start_server(nursery, settings=ServerSettings(ping_interval=interval, ping_timeout=ping_timeout))
     peer = await RawPeer.device(server, "pong_dev")
     registered_at = trio.current_time()
     pinged_at: list[float] = []
@@ -100,7 +108,9 @@ async def test_a_peer_that_answers_pings_stays_and_is_pinged_once_per_silent_int
             await peer.expect_ping()
             pinged_at.append(trio.current_time() - registered_at)
             await peer.pong()
-    assert pinged_at == pytest.approx([INTERVAL * n for n in range(1, 15)], abs=0.01)
+    step = max(interval, ping_timeout)
+    expected = [interval + step * n for n in range(int((290 - interval) // step) + 1)]
+    assert pinged_at == pytest.approx(expected, abs=0.01)
     assert server.online_clients() == {"pong_dev": ClientType.DEVICE}
     await peer.heartbeat("pong_dev")  # and the link still carries frames both ways
     await peer.close()

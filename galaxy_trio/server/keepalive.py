@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from typing import Final, NoReturn, Protocol
@@ -38,6 +39,8 @@ from typing import Final, NoReturn, Protocol
 import trio
 
 from ..errors import LinkClosed
+
+logger = logging.getLogger("galaxy_trio.server")
 
 __all__ = ["Keepalive", "LinkWatch", "Watched"]
 
@@ -168,7 +171,11 @@ class Keepalive:
                 on_silent = watch.end()
                 assert on_silent is not None  # (a watch with a link has its callback)
                 self._live -= 1
-                on_silent()
+                try:
+                    on_silent()
+                except Exception:
+                    # A bug must cost one connection its verdict, not every connection its keepalive.
+                    logger.exception("internal error in a keepalive verdict")
 
     async def _ping(self, link: Watched) -> None:
         """Send one ping. Bounded: past ``timeout`` its verdict is due anyway, and a link whose ping could not be

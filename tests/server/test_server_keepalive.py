@@ -272,6 +272,28 @@ async def test_an_answer_waiting_unread_in_the_socket_is_not_silence(autojump_cl
         nursery.cancel_scope.cancel()
 
 
+async def test_a_verdict_that_raises_costs_only_its_own_connection(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    keepalive = Keepalive(INTERVAL, TIMEOUT)
+    reported: list[float] = []
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a connection's reaction")
+
+    async with _unread_links(2) as (accepted, _), trio.open_nursery() as nursery:
+        nursery.start_soon(keepalive.run)
+        opened_at = trio.current_time()
+        keepalive.watch(accepted[0], broken)
+        keepalive.watch(accepted[1], lambda: reported.append(trio.current_time()))
+        with caplog.at_level(logging.ERROR, logger="galaxy_trio.server"):
+            await trio.sleep(INTERVAL + TIMEOUT + 1)
+        assert reported == [pytest.approx(opened_at + INTERVAL + TIMEOUT, abs=0.01)]
+        assert "internal error in a keepalive verdict" in caplog.text
+        assert keepalive.watching == 0
+        nursery.cancel_scope.cancel()
+
+
 class _Owner:
     """Stands for a connection: what the keepalive's callback would keep alive."""
 

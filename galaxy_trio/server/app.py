@@ -24,6 +24,7 @@ from ..transport import DEFAULT_MAX_FRAME, LinkRequest, serve_links
 from .clients import ClientInfo, ClientRegistry, DeviceLoad
 from .connection import ServerContext, handle_connection
 from .drivers import default_driver
+from .keepalive import Keepalive
 from .rules import shown
 from .sessions import SessionDriver
 from .settings import ServerSettings
@@ -49,12 +50,20 @@ class AIPServer:
 
     __slots__ = ("_ctx", "_token_digest", "host", "port", "settings", "url")
 
-    def __init__(self, *, host: str, token: str, driver: SessionDriver, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        token: str,
+        driver: SessionDriver,
+        settings: ServerSettings,
+        keepalive: Keepalive | None = None,
+    ) -> None:
         self.host = host
         self.port = 0
         self.url = ""
         self.settings = settings
-        self._ctx = ServerContext(ClientRegistry(), settings, driver)
+        self._ctx = ServerContext(ClientRegistry(), settings, driver, keepalive=keepalive)
         # Only a digest is kept: the token itself cannot end up in a repr, a log or a traceback from here.
         self._token_digest = _digest(token)
 
@@ -161,8 +170,11 @@ async def serve_aip(
     if max_frame_size <= 0:
         raise ValueError(f"max_frame_size must be positive, got {max_frame_size}")
     settings = settings if settings is not None else ServerSettings()
-    server = AIPServer(host=host, token=token, driver=driver, settings=settings)
+    keepalive = Keepalive(settings.ping_interval, settings.ping_timeout) if settings.ping_interval is not None else None
+    server = AIPServer(host=host, token=token, driver=driver, settings=settings, keepalive=keepalive)
     async with trio.open_nursery() as nursery:
+        if keepalive is not None:
+            nursery.start_soon(keepalive.run)  # one task watches every connection (.keepalive)
         bound_port: int = await nursery.start(
             partial(
                 serve_links,

@@ -1,8 +1,10 @@
 """One AIP connection, from its first frame to its close: registration, a single reader, its sessions.
 
-Each connection runs in its own nursery, which holds its keepalive task and the sessions it asked for. Exactly one
-task reads the socket and handles frames in order (UFO handles each frame in its own task, so its replies can come
-back out of order, §11.8). The protocol decisions come from :mod:`.rules`; this module only carries them out.
+A connection is one task. It opens a nursery of its own at its first TASK, to hold the sessions it asks for (most
+connections never send one); its keepalive is the server's (:mod:`.keepalive`: one task for every link), which
+tells it when its peer fell silent. Exactly one task reads the socket and handles frames in order (UFO handles
+each frame in its own task, so its replies can come back out of order, §11.8). The protocol decisions come from
+:mod:`.rules`; this module only carries them out.
 
 Whatever ends a connection (the peer closing, a binary frame, a keepalive timeout, a server shutdown), the same
 cleanup runs: the client leaves the registry, sessions on it as a device fail at once towards their requesters,
@@ -40,6 +42,7 @@ from ..errors import BinaryFrame, LinkClosed
 from ..transport import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ServerLink
 from . import rules
 from .clients import ClientRecord, ClientRegistry
+from .keepalive import Keepalive, LinkWatch
 from .sessions import Session, SessionDriver, deliver_command_results
 from .settings import ServerSettings
 from .stats import ServerStats
@@ -63,6 +66,8 @@ class ServerContext:
     settings: ServerSettings
     driver: SessionDriver
     stats: ServerStats = field(default_factory=ServerStats)
+    #: The server-wide keepalive every registered connection is watched by (None: keepalive off).
+    keepalive: Keepalive | None = None
 
 
 async def handle_connection(ctx: ServerContext, link: ServerLink, remote: str) -> None:
@@ -114,7 +119,6 @@ class _Connection:
         "_ctx",
         "_final_error",
         "_gone",
-        "_keepalive_scope",
         "_link",
         "_nursery",
         "_out",
@@ -124,6 +128,7 @@ class _Connection:
         "_remote",
         "_stopping",
         "_target",
+        "_watch",
     )
 
     def __init__(self, ctx: ServerContext, link: ServerLink, remote: str) -> None:
@@ -136,7 +141,7 @@ class _Connection:
         self._target: ClientRecord | None = None
         self._nursery: trio.Nursery | None = None
         self._reader_scope = trio.CancelScope()
-        self._keepalive_scope = trio.CancelScope()
+        self._watch: LinkWatch | None = None
         self._close_code = CLOSE_NORMAL
         self._close_reason: str | None = None
         self._final_error: str | None = None
@@ -156,23 +161,41 @@ class _Connection:
             record = await self._register()
             if record is None:
                 return
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._ctx.settings.ping_interval is not None:
-                    nursery.start_soon(self._keepalive, self._ctx.settings.ping_interval)
-                with self._reader_scope:
-                    try:
-                        await self._out.send(builders.registration_confirmation())
-                        await self._read_loop(record)
-                    except LinkClosed as exc:
-                        logger.info("%s disconnected (%s)", self._who, exc)
-                self._disconnect()
-                self._keepalive_scope.cancel()
-                # The nursery now waits for this client's sessions to deliver their TASK_END (bounded).
+            keepalive = self._ctx.keepalive
+            if keepalive is not None:
+                self._watch = keepalive.watch(self._link, self._silent)
+            first_task = await self._read(record, None)
+            if first_task is not None:
+                # Sessions outlive the reader (they still deliver their TASK_END), so they need a nursery outside
+                # its scope: opened at the first TASK, which most connections never send.
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._reader_scope = trio.CancelScope()
+                    await self._read(record, first_task)
+                    self._forget_keepalive()
+                    self._disconnect()
+                    # The nursery now waits for this client's sessions to deliver their TASK_END (bounded).
+            self._forget_keepalive()
+            self._disconnect()
             await self._send_final_error()
         finally:
+            self._forget_keepalive()
             self._disconnect()
             await self._link.aclose(self._close_code, self._close_reason)
+
+    async def _read(self, record: ClientRecord, first_task: ClientMessage | None) -> ClientMessage | None:
+        """Be the connection's reader, in ``_reader_scope``, until the link ends or is stopped (None), or, while
+        the connection has no nursery yet, until a TASK comes (returned unhandled, for :meth:`run`)."""
+        with self._reader_scope:
+            try:
+                if first_task is None:
+                    await self._out.send(builders.registration_confirmation())
+                else:
+                    await self._dispatch_guarded(record, first_task)
+                return await self._read_loop(record)
+            except LinkClosed as exc:
+                logger.info("%s disconnected (%s)", self._who, exc)
+        return None
 
     def _stop(self, error: str | None, code: int, reason: str, *, force: bool = False) -> None:
         """End the connection: the reader stops (at once if it is waiting for a frame, else after the frame it is
@@ -241,7 +264,8 @@ class _Connection:
 
     # --- the single reader --------------------------------------------------------------------------------------
 
-    async def _read_loop(self, record: ClientRecord) -> None:
+    async def _read_loop(self, record: ClientRecord) -> ClientMessage | None:
+        """Read and handle frames in order; a TASK that needs the nursery first is returned (see :meth:`_read`)."""
         link = self._link
         budget = self._budget
         while not self._stopping:
@@ -252,7 +276,7 @@ class _Connection:
                 self._ctx.stats.reject("binary")
                 logger.warning("%s sent a binary frame (%d bytes); closing", self._who, exc.size)
                 self._stop(BINARY_FRAME_ERROR, CLOSE_UNSUPPORTED_DATA, "binary frame")
-                return
+                return None
             finally:
                 self._receiving = False
             if not budget.take(trio.current_time()):
@@ -261,21 +285,31 @@ class _Connection:
                 )
                 self._ctx.stats.reject("frame_budget")
                 self._stop(budget.refusal(), CLOSE_POLICY_VIOLATION, rules.FRAME_RATE_EXCEEDED)
-                return
-            await self._handle(record, frame)
+                return None
+            deferred = await self._handle(record, frame)
+            if deferred is not None:
+                return deferred
+        return None
 
-    async def _handle(self, record: ClientRecord, frame: str) -> None:
+    async def _handle(self, record: ClientRecord, frame: str) -> ClientMessage | None:
+        """Handle one frame; a TASK while the connection has no nursery is returned instead (see :meth:`run`)."""
         try:
             msg = decode_client_message(frame)
         except AIPDecodeError as exc:
             self._ctx.stats.reject("decode")
             await self._reply_error(str(exc))
-            return
+            return None
         mismatch = rules.check_identity(msg, record)
         if mismatch is not None:
             self._ctx.stats.reject("identity")
             await self._reply_error(mismatch)
-            return
+            return None
+        if msg.type is ClientMessageType.TASK and self._nursery is None:
+            return msg
+        await self._dispatch_guarded(record, msg)
+        return None
+
+    async def _dispatch_guarded(self, record: ClientRecord, msg: ClientMessage) -> None:
         try:
             await self._dispatch(record, msg)
         except LinkClosed:
@@ -375,21 +409,18 @@ class _Connection:
 
     # --- liveness and cleanup -----------------------------------------------------------------------------------
 
-    async def _keepalive(self, interval: float) -> None:
-        """Ping every ``interval``; a peer that does not pong within ``ping_timeout`` is closed (1011)."""
-        timeout = self._ctx.settings.ping_timeout
-        with self._keepalive_scope:
-            while True:
-                await trio.sleep(interval)
-                with trio.move_on_after(timeout) as ping:
-                    try:
-                        await self._link.ping()
-                    except LinkClosed:
-                        return
-                if ping.cancelled_caught:
-                    logger.warning("%s did not answer a ping within %g s; closing", self._who, timeout)
-                    self._stop(None, CLOSE_INTERNAL_ERROR, "keepalive ping timeout", force=True)
-                    return
+    def _silent(self) -> None:
+        """The keepalive's verdict: the peer sent nothing for ``ping_interval``, was pinged, and sent nothing for
+        ``ping_timeout`` more (a vanished host, as far as the server can tell). It is unregistered, then closed
+        with 1011."""
+        logger.warning("%s did not answer a ping within %g s; closing", self._who, self._ctx.settings.ping_timeout)
+        self._stop(None, CLOSE_INTERNAL_ERROR, "keepalive ping timeout", force=True)
+
+    def _forget_keepalive(self) -> None:
+        """The reader stopped: the keepalive has nothing left to watch. Idempotent."""
+        watch, self._watch = self._watch, None
+        if watch is not None and self._ctx.keepalive is not None:
+            self._ctx.keepalive.forget(watch)
 
     def _not_reading(self) -> None:
         """A frame for this peer did not leave within ``send_deadline``: it reads nothing, so it is closed."""

@@ -30,7 +30,8 @@ class ServerSettings:
       device's queue behind it, forever; past the deadline that peer's link is closed with 1008 ("not reading")
       and the other side of a session is still told.
     - ``ping_interval`` / ``ping_timeout``: WebSocket keepalive, as UFO's server does (uvicorn: 20 s / 20 s). A
-      peer that does not answer a ping in time is closed with 1011, so a vanished peer never stays registered.
+      peer that sent nothing for ``ping_interval`` is pinged; if nothing (a pong or any frame) comes within
+      ``ping_timeout``, it is closed with 1011, so a vanished peer never stays registered (:mod:`.keepalive`).
       ``ping_interval=None`` turns keepalive off.
     - ``max_client_id_length``: longer ids are refused at REGISTER (ids are echoed in error texts and logs).
     - ``max_tasks_per_device``: running plus queued sessions one device may have; further TASKs get an error.

@@ -59,6 +59,7 @@ class WsLink:
     __slots__ = (
         "_close_code",
         "_close_reason",
+        "_heard_at",
         "_max_message_size",
         "_parts",
         "_pings",
@@ -85,6 +86,8 @@ class WsLink:
         self._size = 0
         #: Pings waiting for their pong, by payload (made on the first ping: a client never pings).
         self._pings: dict[bytes, trio.Event] | None = None
+        #: When bytes last came from the peer (trio's clock); the link's opening counts as heard.
+        self._heard_at = trio.current_time()
 
     @property
     def closed(self) -> bool:
@@ -94,6 +97,17 @@ class WsLink:
     def state(self) -> LinkState:
         """Where the link is in its life: open, ending (the socket still open) or dropped."""
         return self._state
+
+    @property
+    def heard_at(self) -> float:
+        """When the peer was last heard (``trio.current_time()``): the last read that brought bytes, whatever they
+        were (a frame, part of one, a pong, a close), or the link's opening.
+
+        A keepalive judges liveness by this rather than by a pong: a peer busy sending frames is alive even when
+        its pong is queued behind them. Bytes count when the receiving task reads them; for bytes that arrived but
+        wait unread, see :meth:`has_unread_data`.
+        """
+        return self._heard_at
 
     def _end(self, code: int | None, reason: str | None) -> bool:
         """Record why the link ends, if it is still open; whether it was (so the caller goes on to close it)."""
@@ -233,6 +247,14 @@ class WsLink:
         if self._state is not LinkState.OPEN:
             raise self._closed_error()
 
+    async def send_ping(self) -> None:
+        """Send a ping and return once it is written, without waiting for a pong. Raises :class:`LinkClosed`.
+
+        For a keepalive that watches many links from one task: the pong, like any other frame, shows in
+        :attr:`heard_at` once the receiving task reads it. The empty payload matches no waiting :meth:`ping`.
+        """
+        await self._send_event(Ping())
+
     def _on_pong(self, payload: bytes) -> None:
         """A pong answers its ping and every ping sent before it (RFC 6455 allows answering only the latest)."""
         if not self._pings:
@@ -272,6 +294,8 @@ class WsLink:
             data = bytes(await self._stream.receive_some(RECEIVE_BYTES))
         except STREAM_ERRORS:
             data = b""
+        if data:
+            self._heard_at = trio.current_time()
         self._ws.receive_data(data or None)  # None (EOF) becomes a CloseConnection with code 1006
 
     async def _on_close(self, event: CloseConnection) -> None:

@@ -1,8 +1,10 @@
 """Raw AIP test peers for the server tests: recorded frames in, every server frame checked on the way out.
 
-A peer is a bare trio-websocket client; it sends recorded frames from ``shared/aip/frames`` (or frames built with
-the aip builders) and checks that every frame the server sends decodes as a ServerMessage and re-encodes to the
-very same bytes, the property every UFO frame has (PROTOCOL.md §3).
+A :class:`Peer` is a bare trio-websocket client (which answers pings by itself); a :class:`RawPeer` is a TCP
+stream driven through wsproto that answers nothing unless told to, for the keepalive tests. Peers send recorded
+frames from ``shared/aip/frames`` (or frames built with the aip builders) and check that every frame the server
+sends decodes as a ServerMessage and re-encodes to the very same bytes, the property every UFO frame has
+(PROTOCOL.md §3).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import msgspec
 import trio
 import trio_websocket
+import wsproto
+import wsproto.events
 
 from galaxy_trio.aip import (
     ClientMessage,
@@ -36,6 +40,8 @@ from galaxy_trio.server import AIPServer, serve_aip
 from ..frames import load, raw
 
 TOKEN = "test-token-5f2c9e"
+#: Virtual seconds a :class:`RawPeer` waits for the server's next event before the test fails instead of hanging.
+RAW_GUARD = 1000.0
 
 
 def frame(scenario: str, step: int) -> str:
@@ -166,6 +172,93 @@ async def open_peer(server: AIPServer, *, token: str | None = TOKEN, path: str |
         url = url.replace("/ws", path, 1)
     async with trio_websocket.open_websocket_url(url, max_message_size=16 << 20) as ws:
         yield Peer(ws)
+
+
+class RawPeer:
+    """A connection whose every answer is the test's choice: it pongs, reads and writes only when told to.
+
+    It runs no task of its own, so the server's task tree holds only the server's tasks.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._events: list[wsproto.events.Event] = []
+        self._ping: wsproto.events.Ping | None = None
+
+    @classmethod
+    async def open(cls, server: AIPServer) -> RawPeer:
+        """Connect and upgrade (no REGISTER yet)."""
+        peer = cls(await trio.open_tcp_stream("127.0.0.1", server.port))
+        await peer.stream.send_all(peer.ws.send(wsproto.events.Request(host="127.0.0.1", target=f"/ws?token={TOKEN}")))
+        assert isinstance(await peer._next_event(), wsproto.events.AcceptConnection)
+        return peer
+
+    @classmethod
+    async def device(cls, server: AIPServer, device_id: str) -> RawPeer:
+        """Connected and registered as device ``device_id`` (its confirmation read)."""
+        peer = await cls.open(server)
+        await peer.send(builders.device_register(device_id, platform="linux", system_info=None))
+        await peer.expect_ack()
+        return peer
+
+    async def _next_event(self) -> wsproto.events.Event:
+        with trio.fail_after(RAW_GUARD):
+            while not self._events:
+                data = await self.stream.receive_some()
+                self.ws.receive_data(data or None)
+                self._events.extend(self.ws.events())
+        return self._events.pop(0)
+
+    async def send(self, message: ClientMessage) -> None:
+        await self.stream.send_all(self.ws.send(wsproto.events.TextMessage(data=encode_text(message))))
+
+    async def receive(self) -> ServerMessage:
+        """The next event, which must be a text frame; decoded."""
+        event = await self._next_event()
+        assert isinstance(event, wsproto.events.TextMessage), f"expected a text frame, got {event!r}"
+        return decode_server_message(event.data)
+
+    async def expect_ack(self) -> None:
+        message = await self.receive()
+        assert (message.type, message.status) == (ServerMessageType.HEARTBEAT, TaskStatus.OK), message
+
+    async def heartbeat(self, client_id: str) -> None:
+        """A device HEARTBEAT, and its answer as the very next event (no ping came first)."""
+        await self.send(builders.heartbeat(client_id, ClientType.DEVICE))
+        await self.expect_ack()
+
+    async def expect_ping(self) -> None:
+        """The next event is a ping (kept, for :meth:`pong`)."""
+        event = await self._next_event()
+        assert isinstance(event, wsproto.events.Ping), f"expected a ping, got {event!r}"
+        self._ping = event
+
+    async def pong(self) -> None:
+        """Answer the last ping."""
+        assert self._ping is not None
+        await self.stream.send_all(self.ws.send(self._ping.response()))
+
+    async def expect_close(self) -> tuple[int, str | None]:
+        """The next event is the server's close frame: its code and reason."""
+        event = await self._next_event()
+        assert isinstance(event, wsproto.events.CloseConnection), f"expected a close, got {event!r}"
+        return event.code, event.reason or None
+
+    async def close(self) -> None:
+        """Close the link as a client does, and wait for the server's answer and its hang-up."""
+        await self.stream.send_all(self.ws.send(wsproto.events.CloseConnection(code=1000)))
+        assert (await self.expect_close())[0] == 1000
+        with trio.fail_after(RAW_GUARD):
+            while await self.stream.receive_some():
+                pass
+        await self.stream.aclose()
+
+    async def assert_nothing_for(self, seconds: float) -> None:
+        """The server sends nothing at all (not even a ping) for ``seconds``."""
+        with trio.move_on_after(seconds):
+            event = await self._next_event()
+            raise AssertionError(f"the server sent {event!r}")
 
 
 def results_for(command: ServerMessage, device_id: str, results: Sequence[Result]) -> ClientMessage:

@@ -20,7 +20,11 @@ The main server runs with the default settings (frame budget: 200 frames/s, burs
 registration deadlines; ``frames-unbounded`` and ``deaf`` run against a second server with no frame budget and 5 s
 keepalive and send deadlines, so that each bound shows within a phase (a second bystander measures it).
 
-    python benchmarks/floods.py [--seconds 10] [--rate 10000] [--silent 1000] [--held 5000] [--out FILE]
+With ``--base DIR`` (a checkout or ``git archive`` of another commit), a third server runs from that tree's
+``galaxy_trio`` (``PYTHONPATH=DIR``), with its own bystander, and every phase of the main server runs against it
+first, labelled ``PHASE (base)``: a before/after in one run, under the same machine load.
+
+    python benchmarks/floods.py [--seconds 10] [--rate 10000] [--silent 1000] [--held 5000] [--base DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -390,18 +394,33 @@ async def _line(stream: trio.abc.ReceiveStream) -> str:
     return line.decode().strip()
 
 
-async def _start_process(*args: str, stderr: Any = subprocess.DEVNULL) -> tuple[trio.Process, str]:
-    """Start this script in another mode; returns the process and its first output line."""
+async def _start_process(
+    *args: str, stderr: Any = subprocess.DEVNULL, tree: str | None = None
+) -> tuple[trio.Process, str]:
+    """Start this script in another mode (importing ``galaxy_trio`` from ``tree`` if given); returns the process
+    and its first output line."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     process = await trio.lowlevel.open_process(
-        [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+        [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
     )
     assert process.stdout is not None
     return process, await _line(process.stdout)
 
 
-async def _flood(kind: str, port: int, args: argparse.Namespace, bystander: Bystander) -> dict[str, Any]:
+#: After the held flooder exits, ``held-release`` lasts until the server is back to this many more descriptors
+#: than before the phase (its sockets of the held devices closed), or this long at most.
+RELEASE_FDS_LEFT = 50
+RELEASE_MAX_S = 60.0
+
+
+async def _flood(
+    kind: str, port: int, args: argparse.Namespace, bystander: Bystander, server_pid: int, suffix: str = ""
+) -> dict[str, Any]:
     """Run one flooder process to its end. A ``held`` flooder's first line ends its ramp: the samples after it are
-    labelled ``held`` (before it, ``held-ramp``)."""
+    labelled ``held`` (before it, ``held-ramp``); its second line starts the release, labelled ``held-release``
+    until the server has closed the held sockets (the flooder's exit only starts that work). ``suffix`` follows
+    each label."""
+    fds_before = _server_usage(server_pid)["server_fds"]
     extra = {"silent": ["--count", str(args.silent)], "held": ["--count", str(args.held)]}.get(kind, [])
     # The deaf device is closed by the keepalive (ping_interval + ping_timeout = 10 s): give it the time.
     seconds = max(args.seconds, 15.0) if kind == "deaf" else args.seconds
@@ -412,9 +431,9 @@ async def _flood(kind: str, port: int, args: argparse.Namespace, bystander: Byst
     assert process.stdout is not None
     if kind == "held":
         ramp = json.loads(first)
-        bystander.phase = "held"
+        bystander.phase = "held" + suffix
         await _line(process.stdout)
-        bystander.phase = "held-release"
+        bystander.phase = "held-release" + suffix
         first = ""
     output = first.encode()
     while chunk := await process.stdout.receive_some(1 << 16):
@@ -422,6 +441,15 @@ async def _flood(kind: str, port: int, args: argparse.Namespace, bystander: Byst
     if await process.wait() != 0:
         raise RuntimeError(f"the {kind} flooder failed")
     result: dict[str, Any] = {**ramp, **json.loads(output)}
+    if kind == "held":
+        released = trio.current_time()
+        with trio.move_on_after(RELEASE_MAX_S):
+            # Another process's descriptors: nothing to wait on but the count itself.
+            while True:
+                if _server_usage(server_pid)["server_fds"] <= fds_before + RELEASE_FDS_LEFT:
+                    break
+                await trio.sleep(0.05)
+        result["release_s"] = round(trio.current_time() - released, 2)
     return result
 
 
@@ -465,38 +493,48 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     results: dict[str, Any] = {"phases": {}}
     server, port_line = await _start_process("--serve", stderr=server_log)
     unbounded, unbounded_port = await _start_process("--serve", "--unbounded", stderr=server_log)
+    servers = [server, unbounded]
+    # (label suffix, server process, its port, its bystander): the base tree's server first, when asked for.
+    mains: list[tuple[str, trio.Process, int, Bystander]] = []
     try:
-        bystander, other = Bystander(), Bystander()
+        if args.base is not None:
+            base, base_port = await _start_process("--serve", stderr=server_log, tree=args.base)
+            servers.append(base)
+            mains.append((" (base)", base, int(base_port), Bystander()))
+        mains.append(("", server, int(port_line), Bystander()))
+        other = Bystander()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(bystander.run, int(port_line))
+            for _, _, main_port, main_bystander in mains:
+                nursery.start_soon(main_bystander.run, main_port)
             nursery.start_soon(other.run, int(unbounded_port), "bystander-unbounded")
             await trio.sleep(1.0)
             for phase in args.phases:
                 on_short = phase in ("frames-unbounded", "deaf")
-                who = other if on_short else bystander
-                who.phase = "held-ramp" if phase == "held" else phase
-                pid = unbounded.pid if on_short else server.pid
-                cpu_before = _server_usage(pid)["server_cpu_s"]
-                if phase == "baseline":
-                    flood: dict[str, Any] = {}
-                    await trio.sleep(args.seconds)
-                elif phase == "manager":
-                    flood = await _manager_phase(args)
-                else:
-                    kind = "frames" if phase == "frames-unbounded" else phase
-                    flood = await _flood(kind, int(unbounded_port if on_short else port_line), args, who)
-                who.phase = "between"
-                usage = _server_usage(pid)
-                usage["server_cpu_s"] = round(usage["server_cpu_s"] - cpu_before, 2)  # over the whole phase
-                if phase == "held":
-                    results["phases"]["held-ramp"] = {**who.figures("held-ramp"), **usage}
-                    results["phases"]["held-release"] = {**who.figures("held-release"), **usage}
-                results["phases"][phase] = {**who.figures(phase), **flood, **usage}
-                print(f"{phase}: {results['phases'][phase]}", file=sys.stderr, flush=True)
-                await trio.sleep(2.0)
+                runs = [("", unbounded, int(unbounded_port), other)] if on_short or phase == "manager" else mains
+                for suffix, process, port, who in runs:
+                    label = phase + suffix
+                    who.phase = ("held-ramp" if phase == "held" else phase) + suffix
+                    cpu_before = _server_usage(process.pid)["server_cpu_s"]
+                    if phase == "baseline":
+                        flood: dict[str, Any] = {}
+                        await trio.sleep(args.seconds)
+                    elif phase == "manager":
+                        flood = await _manager_phase(args)
+                    else:
+                        kind = "frames" if phase == "frames-unbounded" else phase
+                        flood = await _flood(kind, port, args, who, process.pid, suffix)
+                    who.phase = "between"
+                    usage = _server_usage(process.pid)
+                    usage["server_cpu_s"] = round(usage["server_cpu_s"] - cpu_before, 2)  # over the whole phase
+                    if phase == "held":
+                        for part in ("held-ramp", "held-release"):
+                            results["phases"][part + suffix] = {**who.figures(part + suffix), **usage}
+                    results["phases"][label] = {**who.figures(label), **flood, **usage}
+                    print(f"{label}: {results['phases'][label]}", file=sys.stderr, flush=True)
+                    await trio.sleep(2.0)
             nursery.cancel_scope.cancel()
     finally:
-        for process in (server, unbounded):
+        for process in servers:
             process.kill()
             await process.wait()
     return results
@@ -548,6 +586,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--manager-devices", type=int, default=10, help="devices of the manager phase")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--server-log", default="/tmp/floods-server.log", help="the servers' warnings")
+    parser.add_argument(
+        "--base", metavar="DIR", help="also run each main-server phase against a server from this tree, first"
+    )
     _common.add_out_argument(parser)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
@@ -559,6 +600,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.base is not None:
+        args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
     if args.serve:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
         trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS)

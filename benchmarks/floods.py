@@ -30,6 +30,7 @@ first, labelled ``PHASE (base)``: a before/after in one run, under the same mach
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import logging
@@ -96,6 +97,58 @@ def _ws(port: int) -> str:
 
 
 # --- the server process -----------------------------------------------------------------------------------------
+
+
+#: A scheduler pass of the server longer than this is logged (``--pass-log``): every other client waits it out.
+LONG_PASS_S = 0.02
+
+
+class PassLog(trio.abc.Instrument):
+    """The server's long scheduler passes, one JSON line each: when it ended (``time.time()``), how long it took,
+    how many task steps ran in it, and how much of it was a full (generation 2) garbage collection.
+
+    A bystander's round trip on a loaded machine also waits for the CPU; these say what the server itself did.
+    Costs two clock reads a pass and a counter a task step.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "w", buffering=1)  # (open for the server process's life)
+        self._started = 0.0
+        self._steps = 0
+        self._gc_s = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif info["generation"] == 2:
+            self._gc_s += time.perf_counter() - self._gc_started
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._started = time.perf_counter()
+        self._steps = 0
+        self._gc_s = 0.0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._steps += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        took = time.perf_counter() - self._started
+        if self._started and took > LONG_PASS_S:
+            line = {"t": time.time(), "ms": 1000 * took, "steps": self._steps, "gc_ms": 1000 * self._gc_s}
+            self._file.write(json.dumps(line) + "\n")
+
+
+def pass_figures(path: Path, start: float, end: float) -> dict[str, Any]:
+    """The server's long passes that ended between ``start`` and ``end`` (``time.time()``)."""
+    passes = [p for line in path.read_text().splitlines() if start <= (p := json.loads(line))["t"] < end]
+    return {
+        "server_long_passes": len(passes),
+        "server_longest_pass_ms": round(max((p["ms"] for p in passes), default=0.0), 1),
+        "server_most_steps_in_a_pass": max((p["steps"] for p in passes), default=0),
+        "server_full_gc_ms": round(sum(p["gc_ms"] for p in passes), 1),
+    }
 
 
 async def run_server(extra: dict[str, Any]) -> None:
@@ -353,12 +406,25 @@ def _manager_gaps(beats: dict[str, list[float]], interval: float) -> dict[str, A
 
 
 class Bystander:
-    """One registered device timing heartbeat round trips; ``phase`` labels the samples."""
+    """One registered device timing heartbeat round trips; ``phase`` labels the samples (and ``windows`` keeps
+    when each label began and ended, ``time.time()``, to match the server's pass log)."""
 
     def __init__(self) -> None:
-        self.phase = "setup"
+        self._phase = "setup"
+        self._since = time.time()
+        self.windows: dict[str, tuple[float, float]] = {}
         self.samples: dict[str, list[float]] = {}
         self.failures: Counter[str] = Counter()
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, label: str) -> None:
+        now = time.time()
+        self.windows[self._phase] = (self._since, now)
+        self._phase, self._since = label, now
 
     async def run(self, port: int, client_id: str = "bystander") -> None:
         async with open_link(_ws(port)) as link:
@@ -491,14 +557,19 @@ async def _manager_phase(args: argparse.Namespace) -> dict[str, Any]:
 async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     """Every phase in turn; ``server_log`` (an open file) takes both servers' warnings."""
     results: dict[str, Any] = {"phases": {}}
-    server, port_line = await _start_process("--serve", stderr=server_log)
+    pass_logs = {
+        suffix: Path(f"{args.server_log}.passes{suffix.strip(' ()') or '-main'}.jsonl") for suffix in ("", " (base)")
+    }
+    server, port_line = await _start_process("--serve", "--pass-log", str(pass_logs[""]), stderr=server_log)
     unbounded, unbounded_port = await _start_process("--serve", "--unbounded", stderr=server_log)
     servers = [server, unbounded]
     # (label suffix, server process, its port, its bystander): the base tree's server first, when asked for.
     mains: list[tuple[str, trio.Process, int, Bystander]] = []
     try:
         if args.base is not None:
-            base, base_port = await _start_process("--serve", stderr=server_log, tree=args.base)
+            base, base_port = await _start_process(
+                "--serve", "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
+            )
             servers.append(base)
             mains.append((" (base)", base, int(base_port), Bystander()))
         mains.append(("", server, int(port_line), Bystander()))
@@ -526,10 +597,15 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
                     who.phase = "between"
                     usage = _server_usage(process.pid)
                     usage["server_cpu_s"] = round(usage["server_cpu_s"] - cpu_before, 2)  # over the whole phase
+                    passes = partial(_passes, who, pass_logs.get(suffix) if process is not unbounded else None)
                     if phase == "held":
                         for part in ("held-ramp", "held-release"):
-                            results["phases"][part + suffix] = {**who.figures(part + suffix), **usage}
-                    results["phases"][label] = {**who.figures(label), **flood, **usage}
+                            results["phases"][part + suffix] = {
+                                **who.figures(part + suffix),
+                                **usage,
+                                **passes(part + suffix),
+                            }
+                    results["phases"][label] = {**who.figures(label), **flood, **usage, **passes(label)}
                     print(f"{label}: {results['phases'][label]}", file=sys.stderr, flush=True)
                     await trio.sleep(2.0)
             nursery.cancel_scope.cancel()
@@ -540,6 +616,12 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     return results
 
 
+def _passes(who: Bystander, pass_log: Path | None, label: str) -> dict[str, Any]:
+    if pass_log is None or label not in who.windows:
+        return {}
+    return pass_figures(pass_log, *who.windows[label])
+
+
 def _warnings(text: str) -> dict[str, int]:
     """The bounds that fired, counted from the servers' log."""
     return {
@@ -548,6 +630,10 @@ def _warnings(text: str) -> dict[str, int]:
         "keepalive ping timeout": text.count("did not answer a ping"),
         "no REGISTER in time": text.count("sent no REGISTER"),
     }
+
+
+#: The server's long-pass figures (:func:`pass_figures`), as table columns.
+PASS_COLUMNS = ("server_long_passes", "server_longest_pass_ms", "server_most_steps_in_a_pass", "server_full_gc_ms")
 
 
 def render(results: dict[str, Any]) -> str:
@@ -564,13 +650,17 @@ def render(results: dict[str, Any]) -> str:
                 f"{f['server_rss_mib']:.0f}",
                 f["server_fds"],
                 f["server_cpu_s"],
+                *(f.get(key, "") for key in PASS_COLUMNS),
                 json.dumps(detail, default=str),
             ]
         )
     table = _common.markdown_table(
-        ["phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s", "flood"],
+        [
+            "phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s",
+            "passes > 20 ms", "longest pass ms", "most steps in a pass", "full GC ms", "flood",
+        ],
         rows,
-    )
+    )  # fmt: skip
     return "\n".join([describe_load(results["load"]), table, f"server warnings: {results['server_warnings']}"])
 
 
@@ -592,6 +682,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     _common.add_out_argument(parser)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pass-log", help=argparse.SUPPRESS)
     parser.add_argument("--flood", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -604,7 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
     if args.serve:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-        trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS)
+        instruments = [] if args.pass_log is None else [PassLog(args.pass_log)]
+        trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS, instruments=instruments)
         return 0
     if args.flood == "manager-servers":
         print(json.dumps(trio.run(flood_manager_servers, args.rate)))

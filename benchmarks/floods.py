@@ -20,12 +20,17 @@ The main server runs with the default settings (frame budget: 200 frames/s, burs
 registration deadlines; ``frames-unbounded`` and ``deaf`` run against a second server with no frame budget and 5 s
 keepalive and send deadlines, so that each bound shows within a phase (a second bystander measures it).
 
-    python benchmarks/floods.py [--seconds 10] [--rate 10000] [--silent 1000] [--held 5000] [--out FILE]
+With ``--base DIR`` (a checkout or ``git archive`` of another commit), a third server runs from that tree's
+``galaxy_trio`` (``PYTHONPATH=DIR``), with its own bystander, and every phase of the main server runs against it
+first, labelled ``PHASE (base)``: a before/after in one run, under the same machine load.
+
+    python benchmarks/floods.py [--seconds 10] [--rate 10000] [--silent 1000] [--held 5000] [--base DIR] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import logging
@@ -92,6 +97,58 @@ def _ws(port: int) -> str:
 
 
 # --- the server process -----------------------------------------------------------------------------------------
+
+
+#: A scheduler pass of the server longer than this is logged (``--pass-log``): every other client waits it out.
+LONG_PASS_S = 0.02
+
+
+class PassLog(trio.abc.Instrument):
+    """The server's long scheduler passes, one JSON line each: when it ended (``time.time()``), how long it took,
+    how many task steps ran in it, and how much of it was a full (generation 2) garbage collection.
+
+    A bystander's round trip on a loaded machine also waits for the CPU; these say what the server itself did.
+    Costs two clock reads a pass and a counter a task step.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "w", buffering=1)  # (open for the server process's life)
+        self._started = 0.0
+        self._steps = 0
+        self._gc_s = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif info["generation"] == 2:
+            self._gc_s += time.perf_counter() - self._gc_started
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._started = time.perf_counter()
+        self._steps = 0
+        self._gc_s = 0.0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._steps += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        took = time.perf_counter() - self._started
+        if self._started and took > LONG_PASS_S:
+            line = {"t": time.time(), "ms": 1000 * took, "steps": self._steps, "gc_ms": 1000 * self._gc_s}
+            self._file.write(json.dumps(line) + "\n")
+
+
+def pass_figures(path: Path, start: float, end: float) -> dict[str, Any]:
+    """The server's long passes that ended between ``start`` and ``end`` (``time.time()``)."""
+    passes = [p for line in path.read_text().splitlines() if start <= (p := json.loads(line))["t"] < end]
+    return {
+        "server_long_passes": len(passes),
+        "server_longest_pass_ms": round(max((p["ms"] for p in passes), default=0.0), 1),
+        "server_most_steps_in_a_pass": max((p["steps"] for p in passes), default=0),
+        "server_full_gc_ms": round(sum(p["gc_ms"] for p in passes), 1),
+    }
 
 
 async def run_server(extra: dict[str, Any]) -> None:
@@ -349,12 +406,25 @@ def _manager_gaps(beats: dict[str, list[float]], interval: float) -> dict[str, A
 
 
 class Bystander:
-    """One registered device timing heartbeat round trips; ``phase`` labels the samples."""
+    """One registered device timing heartbeat round trips; ``phase`` labels the samples (and ``windows`` keeps
+    when each label began and ended, ``time.time()``, to match the server's pass log)."""
 
     def __init__(self) -> None:
-        self.phase = "setup"
+        self._phase = "setup"
+        self._since = time.time()
+        self.windows: dict[str, tuple[float, float]] = {}
         self.samples: dict[str, list[float]] = {}
         self.failures: Counter[str] = Counter()
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, label: str) -> None:
+        now = time.time()
+        self.windows[self._phase] = (self._since, now)
+        self._phase, self._since = label, now
 
     async def run(self, port: int, client_id: str = "bystander") -> None:
         async with open_link(_ws(port)) as link:
@@ -390,18 +460,33 @@ async def _line(stream: trio.abc.ReceiveStream) -> str:
     return line.decode().strip()
 
 
-async def _start_process(*args: str, stderr: Any = subprocess.DEVNULL) -> tuple[trio.Process, str]:
-    """Start this script in another mode; returns the process and its first output line."""
+async def _start_process(
+    *args: str, stderr: Any = subprocess.DEVNULL, tree: str | None = None
+) -> tuple[trio.Process, str]:
+    """Start this script in another mode (importing ``galaxy_trio`` from ``tree`` if given); returns the process
+    and its first output line."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
     process = await trio.lowlevel.open_process(
-        [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+        [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
     )
     assert process.stdout is not None
     return process, await _line(process.stdout)
 
 
-async def _flood(kind: str, port: int, args: argparse.Namespace, bystander: Bystander) -> dict[str, Any]:
+#: After the held flooder exits, ``held-release`` lasts until the server is back to this many more descriptors
+#: than before the phase (its sockets of the held devices closed), or this long at most.
+RELEASE_FDS_LEFT = 50
+RELEASE_MAX_S = 60.0
+
+
+async def _flood(
+    kind: str, port: int, args: argparse.Namespace, bystander: Bystander, server_pid: int, suffix: str = ""
+) -> dict[str, Any]:
     """Run one flooder process to its end. A ``held`` flooder's first line ends its ramp: the samples after it are
-    labelled ``held`` (before it, ``held-ramp``)."""
+    labelled ``held`` (before it, ``held-ramp``); its second line starts the release, labelled ``held-release``
+    until the server has closed the held sockets (the flooder's exit only starts that work). ``suffix`` follows
+    each label."""
+    fds_before = _server_usage(server_pid)["server_fds"]
     extra = {"silent": ["--count", str(args.silent)], "held": ["--count", str(args.held)]}.get(kind, [])
     # The deaf device is closed by the keepalive (ping_interval + ping_timeout = 10 s): give it the time.
     seconds = max(args.seconds, 15.0) if kind == "deaf" else args.seconds
@@ -412,9 +497,9 @@ async def _flood(kind: str, port: int, args: argparse.Namespace, bystander: Byst
     assert process.stdout is not None
     if kind == "held":
         ramp = json.loads(first)
-        bystander.phase = "held"
+        bystander.phase = "held" + suffix
         await _line(process.stdout)
-        bystander.phase = "held-release"
+        bystander.phase = "held-release" + suffix
         first = ""
     output = first.encode()
     while chunk := await process.stdout.receive_some(1 << 16):
@@ -422,6 +507,15 @@ async def _flood(kind: str, port: int, args: argparse.Namespace, bystander: Byst
     if await process.wait() != 0:
         raise RuntimeError(f"the {kind} flooder failed")
     result: dict[str, Any] = {**ramp, **json.loads(output)}
+    if kind == "held":
+        released = trio.current_time()
+        with trio.move_on_after(RELEASE_MAX_S):
+            # Another process's descriptors: nothing to wait on but the count itself.
+            while True:
+                if _server_usage(server_pid)["server_fds"] <= fds_before + RELEASE_FDS_LEFT:
+                    break
+                await trio.sleep(0.05)
+        result["release_s"] = round(trio.current_time() - released, 2)
     return result
 
 
@@ -463,43 +557,69 @@ async def _manager_phase(args: argparse.Namespace) -> dict[str, Any]:
 async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     """Every phase in turn; ``server_log`` (an open file) takes both servers' warnings."""
     results: dict[str, Any] = {"phases": {}}
-    server, port_line = await _start_process("--serve", stderr=server_log)
+    pass_logs = {
+        suffix: Path(f"{args.server_log}.passes{suffix.strip(' ()') or '-main'}.jsonl") for suffix in ("", " (base)")
+    }
+    server, port_line = await _start_process("--serve", "--pass-log", str(pass_logs[""]), stderr=server_log)
     unbounded, unbounded_port = await _start_process("--serve", "--unbounded", stderr=server_log)
+    servers = [server, unbounded]
+    # (label suffix, server process, its port, its bystander): the base tree's server first, when asked for.
+    mains: list[tuple[str, trio.Process, int, Bystander]] = []
     try:
-        bystander, other = Bystander(), Bystander()
+        if args.base is not None:
+            base, base_port = await _start_process(
+                "--serve", "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
+            )
+            servers.append(base)
+            mains.append((" (base)", base, int(base_port), Bystander()))
+        mains.append(("", server, int(port_line), Bystander()))
+        other = Bystander()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(bystander.run, int(port_line))
+            for _, _, main_port, main_bystander in mains:
+                nursery.start_soon(main_bystander.run, main_port)
             nursery.start_soon(other.run, int(unbounded_port), "bystander-unbounded")
             await trio.sleep(1.0)
             for phase in args.phases:
                 on_short = phase in ("frames-unbounded", "deaf")
-                who = other if on_short else bystander
-                who.phase = "held-ramp" if phase == "held" else phase
-                pid = unbounded.pid if on_short else server.pid
-                cpu_before = _server_usage(pid)["server_cpu_s"]
-                if phase == "baseline":
-                    flood: dict[str, Any] = {}
-                    await trio.sleep(args.seconds)
-                elif phase == "manager":
-                    flood = await _manager_phase(args)
-                else:
-                    kind = "frames" if phase == "frames-unbounded" else phase
-                    flood = await _flood(kind, int(unbounded_port if on_short else port_line), args, who)
-                who.phase = "between"
-                usage = _server_usage(pid)
-                usage["server_cpu_s"] = round(usage["server_cpu_s"] - cpu_before, 2)  # over the whole phase
-                if phase == "held":
-                    results["phases"]["held-ramp"] = {**who.figures("held-ramp"), **usage}
-                    results["phases"]["held-release"] = {**who.figures("held-release"), **usage}
-                results["phases"][phase] = {**who.figures(phase), **flood, **usage}
-                print(f"{phase}: {results['phases'][phase]}", file=sys.stderr, flush=True)
-                await trio.sleep(2.0)
+                runs = [("", unbounded, int(unbounded_port), other)] if on_short or phase == "manager" else mains
+                for suffix, process, port, who in runs:
+                    label = phase + suffix
+                    who.phase = ("held-ramp" if phase == "held" else phase) + suffix
+                    cpu_before = _server_usage(process.pid)["server_cpu_s"]
+                    if phase == "baseline":
+                        flood: dict[str, Any] = {}
+                        await trio.sleep(args.seconds)
+                    elif phase == "manager":
+                        flood = await _manager_phase(args)
+                    else:
+                        kind = "frames" if phase == "frames-unbounded" else phase
+                        flood = await _flood(kind, port, args, who, process.pid, suffix)
+                    who.phase = "between"
+                    usage = _server_usage(process.pid)
+                    usage["server_cpu_s"] = round(usage["server_cpu_s"] - cpu_before, 2)  # over the whole phase
+                    passes = partial(_passes, who, pass_logs.get(suffix) if process is not unbounded else None)
+                    if phase == "held":
+                        for part in ("held-ramp", "held-release"):
+                            results["phases"][part + suffix] = {
+                                **who.figures(part + suffix),
+                                **usage,
+                                **passes(part + suffix),
+                            }
+                    results["phases"][label] = {**who.figures(label), **flood, **usage, **passes(label)}
+                    print(f"{label}: {results['phases'][label]}", file=sys.stderr, flush=True)
+                    await trio.sleep(2.0)
             nursery.cancel_scope.cancel()
     finally:
-        for process in (server, unbounded):
+        for process in servers:
             process.kill()
             await process.wait()
     return results
+
+
+def _passes(who: Bystander, pass_log: Path | None, label: str) -> dict[str, Any]:
+    if pass_log is None or label not in who.windows:
+        return {}
+    return pass_figures(pass_log, *who.windows[label])
 
 
 def _warnings(text: str) -> dict[str, int]:
@@ -510,6 +630,10 @@ def _warnings(text: str) -> dict[str, int]:
         "keepalive ping timeout": text.count("did not answer a ping"),
         "no REGISTER in time": text.count("sent no REGISTER"),
     }
+
+
+#: The server's long-pass figures (:func:`pass_figures`), as table columns.
+PASS_COLUMNS = ("server_long_passes", "server_longest_pass_ms", "server_most_steps_in_a_pass", "server_full_gc_ms")
 
 
 def render(results: dict[str, Any]) -> str:
@@ -526,13 +650,17 @@ def render(results: dict[str, Any]) -> str:
                 f"{f['server_rss_mib']:.0f}",
                 f["server_fds"],
                 f["server_cpu_s"],
+                *(f.get(key, "") for key in PASS_COLUMNS),
                 json.dumps(detail, default=str),
             ]
         )
     table = _common.markdown_table(
-        ["phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s", "flood"],
+        [
+            "phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s",
+            "passes > 20 ms", "longest pass ms", "most steps in a pass", "full GC ms", "flood",
+        ],
         rows,
-    )
+    )  # fmt: skip
     return "\n".join([describe_load(results["load"]), table, f"server warnings: {results['server_warnings']}"])
 
 
@@ -548,9 +676,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--manager-devices", type=int, default=10, help="devices of the manager phase")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--server-log", default="/tmp/floods-server.log", help="the servers' warnings")
+    parser.add_argument(
+        "--base", metavar="DIR", help="also run each main-server phase against a server from this tree, first"
+    )
     _common.add_out_argument(parser)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pass-log", help=argparse.SUPPRESS)
     parser.add_argument("--flood", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -559,9 +691,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.base is not None:
+        args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
     if args.serve:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-        trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS)
+        instruments = [] if args.pass_log is None else [PassLog(args.pass_log)]
+        trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS, instruments=instruments)
         return 0
     if args.flood == "manager-servers":
         print(json.dumps(trio.run(flood_manager_servers, args.rate)))

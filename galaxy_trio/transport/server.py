@@ -7,6 +7,13 @@ never reaches the caller. A valid one reaches the caller's handler as a :class:`
 which it accepts (a :class:`ServerLink`, the same wsproto core as the client's links: :class:`._wslink.WsLink`)
 or rejects with an HTTP status, after which the socket is closed at once.
 
+The server works on at most ``max_concurrent_handshakes`` upgrades at once (:class:`_HandshakeTurn`): a storm of
+thousands of connections arriving, or timing out, at the same instant would otherwise put thousands of TLS
+handshakes, request parses and 101s, each ~0.3-3 ms, into one pass of trio's scheduler, and every other client's
+frames would wait behind them (issue #15 item 3: a bystander's heartbeat p99 reached 0.4-0.6 s). A connection
+holds a turn only while the server works on it, never while it waits for its peer, so silent or slow peers cost
+no turn and cannot starve the others; ``handshake_deadline`` counts all the while, turn or no turn.
+
 Until issue #16 this side ran on trio-websocket (h11 for the upgrade, a reader task and a channel per
 connection): ~1.7 ms of server CPU per constellation registration. Every failure the peer or the network can
 cause surfaces as a :class:`~galaxy_trio.errors.LinkError`, mapped by table (:mod:`._errors`).
@@ -44,6 +51,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("galaxy_trio.transport")
+
+#: How many upgrades the server works on at once, by default (see the module docstring). A plain upgrade is a few
+#: hundred microseconds of the server's time and a TLS one a few milliseconds: at 8, a storm adds no more than
+#: ~10-25 ms to one scheduler pass, and a queue of upgrades still drains at hundreds a second.
+DEFAULT_MAX_CONCURRENT_HANDSHAKES: Final = 8
 
 #: The longest request head (request line and headers) accepted; h11's default bound is the same.
 MAX_REQUEST_HEAD: Final = 16 * 1024
@@ -164,15 +176,81 @@ def error_response(status: int, body: bytes, headers: tuple[tuple[str, str], ...
 # --- one connection ---------------------------------------------------------------------------------------------
 
 
+class _HandshakeTurn(trio.abc.Stream):
+    """One connection's socket as its upgrade sees it, taking a turn of the server's handshake work.
+
+    Each read first waits, without a turn, until the peer has sent something, then waits for a turn (one of
+    ``max_concurrent_handshakes``, first come first served) and keeps it while the server works: parsing, TLS,
+    the handler's verdict, the answer. So at most that many upgrades run in one scheduler pass however many
+    connections arrive together, and a peer that sends nothing, or a byte at a time, holds no turn while it
+    dawdles. :meth:`finish` gives the turn back for good once the upgrade is answered, and hands the TLS layer
+    (``tls``, which read through this) the socket itself, so a link reads and writes exactly as it did before.
+    """
+
+    __slots__ = ("_holding", "_turns", "_upgrading", "stream", "tls")
+
+    def __init__(self, stream: trio.SocketStream, turns: trio.CapacityLimiter) -> None:
+        self.stream = stream
+        self._turns = turns
+        self._holding = False
+        self._upgrading = True
+        #: The TLS layer over this, if any: it reads through this during the upgrade only.
+        self.tls: trio.SSLStream[trio.abc.Stream] | None = None
+
+    async def take(self) -> None:
+        """Wait for the peer's bytes, then for a turn (giving back the one held meanwhile)."""
+        self._give_back()
+        await trio.lowlevel.wait_readable(self.stream.socket)
+        await self._turns.acquire_on_behalf_of(self)  # once acquired, no Cancelled: it checkpoints shielded
+        self._holding = True
+
+    def _give_back(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._turns.release_on_behalf_of(self)
+
+    def finish(self) -> None:
+        """The upgrade is over (answered, refused or failed): give the turn back, and the socket to the TLS layer.
+
+        Called by the connection's own task between two I/O calls, so the TLS layer has none in flight.
+        """
+        self._upgrading = False
+        self._give_back()
+        if self.tls is not None and self.tls.transport_stream is self:
+            self.tls.transport_stream = self.stream  # (trio's own SSLStream.unwrap reassigns it too)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._upgrading:
+            await self.take()
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        self.finish()
+        await self.stream.aclose()
+
+
 class LinkRequest:
     """An HTTP upgrade waiting for an answer: :meth:`accept` it, or :meth:`reject` it with an HTTP status."""
 
-    __slots__ = ("_answered", "_key", "_leftover", "_max_message_size", "_stream", "remote", "target")
+    __slots__ = ("_answered", "_key", "_leftover", "_max_message_size", "_stream", "_turn", "remote", "target")
 
     def __init__(
-        self, stream: trio.abc.Stream, upgrade: UpgradeRequest, leftover: bytes, remote: str, max_message_size: int
+        self,
+        stream: trio.abc.Stream,
+        upgrade: UpgradeRequest,
+        leftover: bytes,
+        remote: str,
+        max_message_size: int,
+        turn: _HandshakeTurn,
     ) -> None:
         self._stream = stream
+        self._turn = turn
         self._key = upgrade.key
         self._leftover = leftover
         self._max_message_size = max_message_size
@@ -190,8 +268,11 @@ class LinkRequest:
     async def accept(self) -> ServerLink:
         """Switch protocols. Raises :class:`LinkClosed` if the peer went away meanwhile."""
         self._answer()
-        with map_exceptions(_IO):
-            await self._stream.send_all(switching_protocols(self._key))
+        try:
+            with map_exceptions(_IO):
+                await self._stream.send_all(switching_protocols(self._key))
+        finally:
+            self._turn.finish()  # the upgrade is over: what follows is the handler's
         # Bytes the peer sent after its request (it should wait for the 101, but may not) are WebSocket bytes.
         ws = Connection(ConnectionType.SERVER, trailing_data=self._leftover)
         return ServerLink(self._stream, ws, self._max_message_size)
@@ -206,6 +287,7 @@ class LinkRequest:
             with map_exceptions(_IO):
                 await self._stream.send_all(error_response(status, body))
         finally:
+            self._turn.finish()
             await trio.aclose_forcefully(self._stream)
 
 
@@ -247,13 +329,16 @@ class _HeadTooLarge(Exception):
     """The peer sent more than :data:`MAX_REQUEST_HEAD` bytes without ending its request head."""
 
 
-async def _upgrade(stream: trio.abc.Stream, max_message_size: int, remote: str, deadline: float) -> LinkRequest | None:
-    """Read and judge the upgrade request within ``deadline``; a LinkRequest for the handler, or None when the
-    request was refused here (answered) or the peer hung up or was too slow (socket to be closed)."""
+async def _upgrade(
+    stream: trio.abc.Stream, turn: _HandshakeTurn, max_message_size: int, remote: str, deadline: float
+) -> LinkRequest | None:
+    """Read and judge the upgrade request on ``stream`` within ``deadline``, taking ``turn``; a LinkRequest for
+    the handler, or None when the request was refused here (answered) or the peer hung up or was too slow (socket
+    to be closed). A plain ``stream`` is read through ``turn``; a TLS one already reads through it."""
     with trio.move_on_after(deadline):
         leftover = b""
         try:
-            read = await _read_request(stream)
+            read = await _read_request(turn if stream is turn.stream else stream)
         except _HeadTooLarge:
             verdict: UpgradeRequest | UpgradeRefused = _refused(f"request head over {MAX_REQUEST_HEAD} bytes", 431)
         except STREAM_ERRORS:
@@ -263,7 +348,7 @@ async def _upgrade(stream: trio.abc.Stream, max_message_size: int, remote: str, 
                 return None
             verdict, leftover = check_upgrade_request(read[0]), read[1]
         if isinstance(verdict, UpgradeRequest):
-            return LinkRequest(stream, verdict, leftover, remote, max_message_size)
+            return LinkRequest(stream, verdict, leftover, remote, max_message_size, turn)
         logger.info("refused an upgrade from %s: %s (HTTP %d)", remote, verdict.why, verdict.status)
         try:
             await stream.send_all(error_response(verdict.status, verdict.why.encode() + b"\n", verdict.headers))
@@ -274,7 +359,7 @@ async def _upgrade(stream: trio.abc.Stream, max_message_size: int, remote: str, 
     return None
 
 
-async def _tls_handshake(stream: trio.SSLStream[trio.SocketStream], deadline: float) -> bool:
+async def _tls_handshake(stream: trio.SSLStream[trio.abc.Stream], deadline: float) -> bool:
     """Finish the TLS handshake before reading the upgrade; False if it fails or takes longer than ``deadline``.
 
     A plain ``ws://`` client or one that refuses the certificate is then dropped at once, not at the handshake
@@ -297,23 +382,32 @@ async def _serve_connection(
     ssl_context: ssl.SSLContext | None,
     max_message_size: int,
     handshake_deadline: float,
+    turns: trio.CapacityLimiter,
     stream: trio.SocketStream,
 ) -> None:
-    """One connection, from TCP accept to close. Nothing it raises (but Cancelled) reaches the listener."""
+    """One connection, from TCP accept to close. Nothing it raises (but Cancelled) reaches the listener.
+
+    The upgrade reads through a :class:`_HandshakeTurn`; the link then reads its socket directly (a TLS link
+    through its SSLStream, whose transport the finished turn set back to the socket).
+    """
     remote = _remote(stream)
+    turn = _HandshakeTurn(stream, turns)
     link_stream: trio.abc.Stream = stream
     try:
         if ssl_context is not None:
-            tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
-            link_stream = tls
+            tls: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
+                turn, ssl_context, server_side=True, https_compatible=True
+            )
+            turn.tls = link_stream = tls
             if not await _tls_handshake(tls, handshake_deadline):
                 return
-        request = await _upgrade(link_stream, max_message_size, remote, handshake_deadline)
+        request = await _upgrade(link_stream, turn, max_message_size, remote, handshake_deadline)
         if request is not None:
             await handler(request)
     except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
         logger.warning("a connection from %s failed in the transport and was dropped: %r", remote, exc)
     finally:
+        turn.finish()
         if link_stream is stream:
             stream.socket.close()  # (a no-op once the link dropped it; no cancel scope for a plain socket)
         else:
@@ -353,17 +447,21 @@ async def serve_links(
     ssl_context: ssl.SSLContext | None = None,
     max_message_size: int = DEFAULT_MAX_FRAME,
     handshake_deadline: float,
+    max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket upgrades on ``host:port`` until cancelled; ``nursery.start`` returns the bound port.
 
     Each upgrade (TLS first, with ``ssl_context``) must arrive within ``handshake_deadline`` seconds; ``handler``
-    then runs with its :class:`LinkRequest`. ``max_message_size`` bounds one incoming message (a bigger one
+    then runs with its :class:`LinkRequest`. The server works on at most ``max_concurrent_handshakes`` upgrades
+    at once, from the peer's first bytes to the handler's answer (module docstring); the others wait their turn,
+    their deadline running. ``max_message_size`` bounds one incoming message (a bigger one
     closes the link with 1009). One connection's failure never stops the others or the listener.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    serve = partial(_serve_connection, handler, ssl_context, max_message_size, handshake_deadline)
+    turns = trio.CapacityLimiter(max_concurrent_handshakes)
+    serve = partial(_serve_connection, handler, ssl_context, max_message_size, handshake_deadline, turns)
     # Connection tasks live in a nursery of their own, which outlives the listeners inside it.
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as nursery:

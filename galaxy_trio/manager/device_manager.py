@@ -43,7 +43,7 @@ from ..backoff import Backoff
 from ..config import ConfigError, ConfigProblem, DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
 from ..transport import CLOSE_GRACE
-from .activate import keep_alive
+from .activate import HeartbeatClock, keep_alive
 from .connect import classify, client_ssl_context, connect_link
 from .events import EventHub, EventKind, EventSubscription
 from .phases import Phase, phase_timeouts, timed_out
@@ -250,6 +250,7 @@ class ConstellationDeviceManager:
         self._devices: dict[str, _Device] = {}
         self._hub = EventHub(self.settings.event_buffer)
         self.heartbeat_stats = HeartbeatStats()  # heartbeats sent, missed and their round trips, for metrics
+        self._heartbeat_clock = HeartbeatClock()  # the waits between every IDLE device's heartbeats
         self._tasks = TaskBook(
             task_name=self.task_name,
             task_queue_size=self.settings.task_queue_size,
@@ -267,6 +268,7 @@ class ConstellationDeviceManager:
             raise RuntimeError("a ConstellationDeviceManager can be entered only once")
         self._nursery_cm = open_service_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
+        self._nursery.start_soon(self._heartbeat_clock.run, name="heartbeat clock")
         return self
 
     async def __aexit__(
@@ -283,7 +285,8 @@ class ConstellationDeviceManager:
                 while device.runner is not None:
                     await device.changed.wait()
         # Runners never raise, so the nursery exits cleanly once every link is closed (each close is shielded and
-        # bounded by CLOSE_GRACE); the body's own exception, if any, propagates as itself.
+        # bounded by CLOSE_GRACE; the heartbeat clock is cancelled with it); the body's own exception, if any,
+        # propagates as itself.
         assert self._nursery_cm is not None
         try:
             await self._nursery_cm.__aexit__(exc_type, exc, tb)
@@ -704,6 +707,7 @@ class ConstellationDeviceManager:
         settings = self.settings
         return keep_alive(
             session,
+            self._heartbeat_clock,
             interval=settings.heartbeat_interval,
             reply_window=settings.heartbeat_timeout,
             on_missed=on_missed,

@@ -646,7 +646,10 @@ class ConstellationDeviceManager:
                     session = device.session = ClientSession(
                         link, conn.cancel_scope, device_id, client_id=self.client_id(device_id)
                     )
-                    await conn.start(session.read_loop)
+                    # The reader need not have run before REGISTER goes out: the reply slot is armed before the send
+                    # and the verdict waits in the socket until read (no Nursery.start: a nursery of its own per
+                    # attempt).
+                    conn.start_soon(session.read_loop)
                     outcome = await self._register_and_serve(device, session)
             finally:
                 await link.aclose()  # shielded and bounded by the link itself

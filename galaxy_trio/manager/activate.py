@@ -14,11 +14,22 @@ missed and times each round trip: AIP's heartbeat ack carries no correlation id,
 frames in order, so the n-th ack (a heartbeat with no ``session_id``; task acks carry one) answers the n-th beat.
 A beat still unanswered ``reply_window`` after it went out while the link lives was answered some other way (an
 ERROR) and is no longer waited for, so one refused beat cannot shift every later round trip.
+
+The waits between beats are kept by one :class:`HeartbeatClock` per manager, not by a ``trio.sleep_until`` per
+device: a heap of wake times and one task that wakes each device's own task when its time comes. A sleep per
+device per beat was a cancel scope entered, expired (a Cancelled raised and caught) and closed for every beat, and
+one such scope held by every idle device (its state, the sleep's frames, a deadline entry: about 1.3 KiB of an
+idle device's memory). The clock only wakes; every device still sends its own heartbeats from its own task, so a
+peer whose socket is full stalls that device alone, never the clock or another device.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -28,18 +39,74 @@ from ..errors import LinkError
 from .session import ClientSession
 from .state import HeartbeatStats
 
-__all__ = ["keep_alive"]
+__all__ = ["HeartbeatClock", "keep_alive"]
+
+
+class HeartbeatClock:
+    """Wakes each sleeping device task at the time it named: one heap and one task for all of a manager's devices.
+
+    :meth:`run` is the one task (the manager's nursery runs it); :meth:`sleep_until` is what a device's task
+    awaits instead of ``trio.sleep_until``. Exact on trio's clock, the MockClock included: the clock's own sleep
+    ends at the earliest wake time, and every sleeper due then is woken in that same instant, earliest first.
+    A sleeper that is cancelled leaves its heap entry behind, marked dead, and the clock drops it when its time
+    comes (no search of the heap per cancellation).
+    """
+
+    __slots__ = ("_heap", "_order", "_timer")
+
+    def __init__(self) -> None:
+        #: ``[wake time, arrival order, the task to wake or None once it stopped waiting]``, a heap by time (lists,
+        #: compared in C, and mutable so that a cancelled sleeper can blank its task).
+        self._heap: list[list[Any]] = []
+        self._order = itertools.count()  # equal wake times: the heap never compares the tasks
+        #: The run task's current sleep, whose deadline is the heap's earliest time (None while it wakes others).
+        self._timer: trio.CancelScope | None = None
+
+    @property
+    def sleepers(self) -> int:
+        """Wake times still in the heap (those of sleepers cancelled meanwhile included)."""
+        return len(self._heap)
+
+    async def run(self) -> None:
+        """Wake every sleeper at its time, until cancelled."""
+        heap = self._heap
+        reschedule = trio.lowlevel.reschedule
+        while True:
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as timer:
+                self._timer = timer
+                await trio.sleep_forever()
+            self._timer = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                task = heapq.heappop(heap)[2]
+                if task is not None:
+                    reschedule(task)
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until trio's clock reads ``deadline`` (a checkpoint, cancellable like ``trio.sleep_until``)."""
+        entry = [deadline, next(self._order), trio.lowlevel.current_task()]
+        heapq.heappush(self._heap, entry)
+        timer = self._timer
+        if timer is not None and deadline < timer.deadline:
+            timer.deadline = deadline
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            entry[2] = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 async def keep_alive(
     session: ClientSession,
+    clock: HeartbeatClock,
     *,
     interval: float,
     reply_window: float,
     on_missed: Callable[[], None],
     stats: HeartbeatStats | None = None,
 ) -> None:
-    """Send heartbeats until the session ends; end it when one goes unanswered."""
+    """Send heartbeats until the session ends; end it when one goes unanswered. ``clock`` keeps the waits."""
     protocol = session.protocol
     # The schedule starts now, the moment the device is IDLE; liveness keeps what the reader recorded.
     beats = protocol.heartbeats = Heartbeats(interval, reply_window, trio.current_time())
@@ -50,7 +117,7 @@ async def keep_alive(
     if stats is not None:
         _time_acks(session, stats, unanswered)
     while True:
-        await trio.sleep_until(beats.wake_at)
+        await clock.sleep_until(beats.wake_at)
         now = trio.current_time()
         dead_at = beats.presumed_dead_at
         # has_unread_data asks the socket: only when the window has closed.

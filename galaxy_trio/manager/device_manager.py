@@ -24,6 +24,7 @@ per-link AIP conversation in ``session.py``.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import ssl
 import time
@@ -43,7 +44,7 @@ from ..backoff import Backoff
 from ..config import ConfigError, ConfigProblem, DeviceConfig, ManagerSettings
 from ..errors import GalaxyTrioError, LinkError
 from ..transport import CLOSE_GRACE
-from .activate import keep_alive
+from .activate import HeartbeatClock, keep_alive
 from .connect import classify, client_ssl_context, connect_link
 from .events import EventHub, EventKind, EventSubscription
 from .phases import Phase, phase_timeouts, timed_out
@@ -94,10 +95,10 @@ class _Device:
     """
 
     __slots__ = (
+        "_changed",
         "_hub",
         "_set_status",
         "attempt",
-        "changed",
         "connect_url",
         "idle_since",
         "lane",
@@ -131,7 +132,8 @@ class _Device:
         self.ssl_context = ssl_context
         self.runner: trio.CancelScope | None = None
         self.session: ClientSession | None = None
-        self.changed = trio.Event()
+        #: Set at the device's next change, then replaced; made only when someone waits (:meth:`next_change`).
+        self._changed: trio.Event | None = None
         self._hub = hub
         self._set_status = set_status
         self.lane: TaskLane = book.lane(self)
@@ -150,6 +152,25 @@ class _Device:
         #: Re-probing a FAILED device (``failed_retry_interval``): one attempt per probe until it is IDLE again.
         self.probing = False
         self.wake: trio.Event | None = None
+
+    def heard_from(self, _frame: ServerMessage) -> None:
+        """A heartbeat ack (or a task ack) from the server: the link is alive now."""
+        self.profile.last_heartbeat = datetime.now(UTC)
+        self.last_heartbeat_at = time.time()
+
+    async def next_change(self) -> None:
+        """Wait for the device's next change (status, runner). The Event is made only when someone waits: the
+        status changes on the way to IDLE make none when nobody does."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    def notify(self) -> None:
+        """Wake everyone waiting for a change on this device."""
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            changed.set()
 
     def enter_phase(self, phase: Phase | None) -> None:
         self.phase = phase
@@ -250,6 +271,7 @@ class ConstellationDeviceManager:
         self._devices: dict[str, _Device] = {}
         self._hub = EventHub(self.settings.event_buffer)
         self.heartbeat_stats = HeartbeatStats()  # heartbeats sent, missed and their round trips, for metrics
+        self._heartbeat_clock = HeartbeatClock()  # the waits between every IDLE device's heartbeats
         self._tasks = TaskBook(
             task_name=self.task_name,
             task_queue_size=self.settings.task_queue_size,
@@ -267,6 +289,7 @@ class ConstellationDeviceManager:
             raise RuntimeError("a ConstellationDeviceManager can be entered only once")
         self._nursery_cm = open_service_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
+        self._nursery.start_soon(self._heartbeat_clock.run, name="heartbeat clock")
         return self
 
     async def __aexit__(
@@ -281,9 +304,10 @@ class ConstellationDeviceManager:
         with trio.move_on_after(CLOSE_GRACE, shield=True):
             for device in self._devices.values():
                 while device.runner is not None:
-                    await device.changed.wait()
+                    await device.next_change()
         # Runners never raise, so the nursery exits cleanly once every link is closed (each close is shielded and
-        # bounded by CLOSE_GRACE); the body's own exception, if any, propagates as itself.
+        # bounded by CLOSE_GRACE; the heartbeat clock is cancelled with it); the body's own exception, if any,
+        # propagates as itself.
         assert self._nursery_cm is not None
         try:
             await self._nursery_cm.__aexit__(exc_type, exc, tb)
@@ -402,7 +426,7 @@ class ConstellationDeviceManager:
             return False
         self._stop(device, "disconnected by request")
         while device.runner is runner:
-            await device.changed.wait()
+            await device.next_change()
         return True
 
     async def remove_device(self, device_id: str) -> AgentProfile:
@@ -414,7 +438,7 @@ class ConstellationDeviceManager:
         if runner is not None:
             self._stop(device, "disconnected by request")  # the runner ends on its own now, even if we are cancelled
             while device.runner is runner:
-                await device.changed.wait()
+                await device.next_change()
         return device.profile.snapshot()
 
     def client_id(self, device_id: str) -> str:
@@ -426,7 +450,7 @@ class ConstellationDeviceManager:
         """Wait until the device is IDLE or FAILED (or not running at all) and return a snapshot of its profile."""
         device = self._get(device_id)
         while device.runner is not None and device.profile.status not in _SETTLED:
-            await device.changed.wait()
+            await device.next_change()
         return device.profile.snapshot()
 
     async def wait_until_settled(self, device_ids: Iterable[str] | None = None) -> dict[str, AgentProfile]:
@@ -510,7 +534,7 @@ class ConstellationDeviceManager:
         # CONNECTING at once, so that a waiter started right after this call does not see the old verdict.
         self._set_status(device, DeviceStatus.CONNECTING)
         device.lane.device_started()
-        nursery.start_soon(self._run_lane_device, device, device.runner, name=f"device:{device.profile.device_id}")
+        nursery.start_soon(self._run_device, device, device.runner, name=f"device:{device.profile.device_id}")
 
     def _stop(self, device: _Device, reason: str) -> None:
         """Stop a device's runner: close its live link gracefully, or cancel the attempt or backoff under way."""
@@ -544,17 +568,7 @@ class ConstellationDeviceManager:
         log = logger.warning if new is DeviceStatus.FAILED and not quiet else logger.info
         log("device %s: %s -> %s%s", profile.device_id, old.value, new.value, f" ({reason})" if reason else "")
         self._hub.emit(EventKind.STATUS, profile.device_id, old_status=old, new_status=new, reason=reason)
-        _notify(device)
-
-    async def _run_lane_device(self, device: _Device, runner: trio.CancelScope) -> None:
-        """:meth:`_run_device`, then tell the device's task lane that it stopped, and why."""
-        try:
-            await self._run_device(device, runner)
-        finally:
-            profile = device.profile
-            device.lane.device_stopped(
-                profile.failure_reason or device.stop_reason or f"device is {profile.status.value}"
-            )
+        device.notify()
 
     def _enter_phase(self, device: _Device, phase: Phase) -> trio.CancelScope:
         """Enter ``phase`` of the device's attempt; returns the cancel scope bounding it (use it as ``with``)."""
@@ -564,7 +578,8 @@ class ConstellationDeviceManager:
 
     async def _run_device(self, device: _Device, runner: trio.CancelScope) -> None:
         """One device's life: streaks of attempts, the verdict, and re-probes of a FAILED device when
-        ``failed_retry_interval`` is set. Never raises (but Cancelled)."""
+        ``failed_retry_interval`` is set; at the end, the device's task lane is told that it stopped, and why.
+        Never raises (but Cancelled)."""
         profile = device.profile
         try:
             with runner:
@@ -583,7 +598,10 @@ class ConstellationDeviceManager:
             device.probing = False
             if device.stopping and profile.status is not DeviceStatus.DISCONNECTED and not self._closed:
                 self._set_status(device, DeviceStatus.DISCONNECTED, "disconnected by request")
-            _notify(device)
+            device.notify()
+            device.lane.device_stopped(
+                profile.failure_reason or device.stop_reason or f"device is {profile.status.value}"
+            )
 
     async def _connect_until_verdict(self, device: _Device) -> Outcome | None:
         """Attempts with backoff until one ends for good: that final outcome, or ``None`` once asked to stop.
@@ -643,7 +661,10 @@ class ConstellationDeviceManager:
                     session = device.session = ClientSession(
                         link, conn.cancel_scope, device_id, client_id=self.client_id(device_id)
                     )
-                    await conn.start(session.read_loop)
+                    # The reader need not have run before REGISTER goes out: the reply slot is armed before the send
+                    # and the verdict waits in the socket until read (no Nursery.start: a nursery of its own per
+                    # attempt).
+                    conn.start_soon(session.read_loop)
                     outcome = await self._register_and_serve(device, session)
             finally:
                 await link.aclose()  # shielded and bounded by the link itself
@@ -704,6 +725,7 @@ class ConstellationDeviceManager:
         settings = self.settings
         return keep_alive(
             session,
+            self._heartbeat_clock,
             interval=settings.heartbeat_interval,
             reply_window=settings.heartbeat_timeout,
             on_missed=on_missed,
@@ -719,21 +741,17 @@ class ConstellationDeviceManager:
         device.last_heartbeat_at = time.time()  # the registration confirmation proved the link alive
         device.went_idle = True
         device.lost_at = None
-        device_id = profile.device_id
-
-        def on_heartbeat(_frame: ServerMessage) -> None:
-            profile.last_heartbeat = datetime.now(UTC)
-            device.last_heartbeat_at = time.time()
-
-        def on_missed() -> None:
-            window = self.settings.heartbeat_timeout
-            logger.warning("device %s: heartbeat missed (no frame within %gs)", device_id, window)
-            self._hub.emit(EventKind.HEARTBEAT_MISSED, device_id, reason="no reply to heartbeat")
-
-        session.on_heartbeat = on_heartbeat
+        # Bound methods and a partial, not closures: an idle device keeps them for as long as its link lives.
+        session.on_heartbeat = device.heard_from
         self._set_status(device, DeviceStatus.IDLE)
         device.lane.attach(session)
-        return on_missed
+        return functools.partial(self._heartbeat_missed, device)
+
+    def _heartbeat_missed(self, device: _Device) -> None:
+        device_id = device.profile.device_id
+        window = self.settings.heartbeat_timeout
+        logger.warning("device %s: heartbeat missed (no frame within %gs)", device_id, window)
+        self._hub.emit(EventKind.HEARTBEAT_MISSED, device_id, reason="no reply to heartbeat")
 
     def __repr__(self) -> str:
         counts: dict[str, int] = {}
@@ -741,13 +759,6 @@ class ConstellationDeviceManager:
             counts[device.profile.status.value] = counts.get(device.profile.status.value, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no devices"
         return f"<ConstellationDeviceManager task_name={self.task_name!r}: {summary}>"
-
-
-def _notify(device: _Device) -> None:
-    """Wake everyone waiting for a change on this device."""
-    changed = device.changed
-    device.changed = trio.Event()
-    changed.set()
 
 
 def _settings_with(base: ManagerSettings | None, overrides: dict[str, Any]) -> ManagerSettings:

@@ -1,11 +1,11 @@
 """One AIP conversation between the manager and the server, for one device, over one WebSocket: a thin trio
 driver of :class:`galaxy_trio.aip.client_protocol.ClientProtocol`, which decides what every frame means.
 
-A single reader task (started with ``nursery.start`` before anything is sent, so no reply can be missed) decodes
-every frame and hands it to whoever waits for it: the registration, a DEVICE_INFO request (by ``request_id``), a
-task (by ``session_id``, on this link only). When the link ends — closed, broken, a binary frame, a missed
-heartbeat — :meth:`ClientSession.end` records why, fails every waiter at once and cancels the connection's
-nursery, so nothing waits on a dead link.
+A single reader task decodes every frame and hands it to whoever waits for it: the registration, a DEVICE_INFO
+request (by ``request_id``), a task (by ``session_id``, on this link only). When the link ends — closed, broken, a
+binary frame, a missed heartbeat — :meth:`ClientSession.end` records why, fails every waiter at once and cancels the
+connection's nursery, so nothing waits on a dead link. No reply can be missed however late the reader first runs:
+each request's slot is armed before the request is sent, and a reply waits in the socket until it is read.
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ class ClientSession:
         self._scope.cancel()
 
     async def read_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The connection's only reader. Returns (after :meth:`end`) when the link ends."""
+        """The connection's only reader. Returns (after :meth:`end`) when the link ends. The manager starts it with
+        ``start_soon``; ``task_status`` is for a caller that wants to know it runs (``nursery.start``)."""
         task_status.started()
         link = self._link
         protocol = self.protocol

@@ -62,6 +62,7 @@ from galaxy_trio.aip import (
 from galaxy_trio.errors import LinkError
 from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
 from galaxy_trio.redact import url_with_token
+from galaxy_trio.runtime import tune_gc
 from galaxy_trio.server import ServerSettings, serve_aip
 from galaxy_trio.transport import LinkRequest, open_link, serve_links
 
@@ -560,15 +561,16 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     pass_logs = {
         suffix: Path(f"{args.server_log}.passes{suffix.strip(' ()') or '-main'}.jsonl") for suffix in ("", " (base)")
     }
-    server, port_line = await _start_process("--serve", "--pass-log", str(pass_logs[""]), stderr=server_log)
-    unbounded, unbounded_port = await _start_process("--serve", "--unbounded", stderr=server_log)
+    gc_mode = ("--server-gc", args.server_gc)
+    server, port_line = await _start_process("--serve", *gc_mode, "--pass-log", str(pass_logs[""]), stderr=server_log)
+    unbounded, unbounded_port = await _start_process("--serve", *gc_mode, "--unbounded", stderr=server_log)
     servers = [server, unbounded]
     # (label suffix, server process, its port, its bystander): the base tree's server first, when asked for.
     mains: list[tuple[str, trio.Process, int, Bystander]] = []
     try:
         if args.base is not None:
             base, base_port = await _start_process(
-                "--serve", "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
+                "--serve", *gc_mode, "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
             )
             servers.append(base)
             mains.append((" (base)", base, int(base_port), Bystander()))
@@ -661,7 +663,10 @@ def render(results: dict[str, Any]) -> str:
         ],
         rows,
     )  # fmt: skip
-    return "\n".join([describe_load(results["load"]), table, f"server warnings: {results['server_warnings']}"])
+    collector = f"servers' garbage collector: {results['server_gc']}"
+    return "\n".join(
+        [describe_load(results["load"]), collector, table, f"server warnings: {results['server_warnings']}"]
+    )
 
 
 PHASES = ("baseline", "frames", "frames-unbounded", "silent", "held", "deaf", "manager")
@@ -680,6 +685,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--base", metavar="DIR", help="also run each main-server phase against a server from this tree, first"
     )
     _common.add_out_argument(parser)
+    parser.add_argument(
+        "--server-gc",
+        choices=("serve", "default"),
+        default="serve",
+        help="the servers' garbage collector: as `python -m galaxy_trio serve` sets it (runtime.tune_gc, the "
+        "default), or Python's default thresholds",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pass-log", help=argparse.SUPPRESS)
@@ -695,6 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
     if args.serve:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        if args.server_gc == "serve":
+            tune_gc()  # what the CLI's `serve` does, so that these are the figures of the server as shipped
         instruments = [] if args.pass_log is None else [PassLog(args.pass_log)]
         trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS, instruments=instruments)
         return 0
@@ -714,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Path(args.server_log)
     with log.open("wb") as server_log:
         results = trio.run(measure, args, server_log)
-    results = {"environment": _common.environment(), "load": load, **results}
+    results = {"environment": _common.environment(), "load": load, "server_gc": args.server_gc, **results}
     results["server_warnings"] = _warnings(log.read_text(errors="replace"))
     print(render(results))
     if args.out is not None:

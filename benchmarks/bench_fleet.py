@@ -57,6 +57,7 @@ from typing import Any
 import _common
 import _device_side
 import bench_registration
+import msgspec
 import psutil
 import trio
 
@@ -82,6 +83,11 @@ REPORT_COALESCE_S = 0.1
 #: Bound on a member's graceful exit (release every lease, close every link) once its stdin closes.
 LEAVE_LIMIT_S = 60.0
 SCRIPT = Path(__file__).resolve()
+#: ``--timeouts generous``: connect/register/telemetry deadlines no run here comes near, as bench_registration.py
+#: sets them — with the library's (10 s, 10 s, 5 s), a startup burst of thousands of connects on a loaded 2-core
+#: machine times out, retries with backoff and keeps the device side overloaded (measured: 13 of 5,000 IDLE after
+#: 160 s), and the benchmark would measure the retries, not the fleet.
+GENEROUS_S = bench_registration.GENEROUS_S
 
 
 # --- a member process (``--member``) ---------------------------------------------------------------------------
@@ -109,6 +115,10 @@ async def run_member(spec: dict[str, Any], token: str) -> None:
 
     configs = _member_configs(spec, token)
     settings = ManagerSettings(task_name=TASK_NAME)
+    if spec["timeouts"] == "generous":
+        settings = msgspec.structs.replace(
+            settings, connect_timeout=GENEROUS_S, register_timeout=GENEROUS_S, telemetry_timeout=GENEROUS_S
+        )
     member_id = spec["member_id"]
     async with (
         ConstellationDeviceManager(settings=settings) as manager,
@@ -119,6 +129,7 @@ async def run_member(spec: dict[str, Any], token: str) -> None:
         _emit({"event": "joined", "member": member_id, "pid": os.getpid(), "at": time.time()})
         reported: dict[str, float] = {}
         connects = [0]
+        fleet_events: dict[str, int] = {}
         wake = trio.Event()
 
         def owned_idle() -> dict[str, float]:
@@ -144,6 +155,7 @@ async def run_member(spec: dict[str, Any], token: str) -> None:
                         "down": down,
                         "held": len(member.owned),
                         "connects": connects[0],
+                        "fleet_events": fleet_events,
                         "at": time.time(),
                     }
                 )
@@ -157,10 +169,10 @@ async def run_member(spec: dict[str, Any], token: str) -> None:
                         wake.set()
 
         async def watch_member() -> None:
-            nonlocal wake
-            while True:
-                await member.wait_for_change()
-                wake.set()
+            with member.subscribe(16 * len(configs) + 64) as events:
+                async for event in events:
+                    fleet_events[event.kind.value] = fleet_events.get(event.kind.value, 0) + 1
+                    wake.set()
 
         async def reporter() -> None:
             nonlocal wake
@@ -367,6 +379,8 @@ class Member:
     idle: dict[str, float] = field(default_factory=dict)  #: devices it owns and has IDLE, with their idle_since
     held: int = 0
     connects: int = 0
+    #: The member's fleet events so far, by kind (lease acquired/lost/expired/released, degraded, recovered).
+    fleet_events: dict[str, int] = field(default_factory=dict)
     joined_at: float | None = None
     killed: bool = False
     left: dict[str, Any] | None = None
@@ -442,6 +456,7 @@ class Fleet:
             if gone:
                 member.dropped[member.phase] = member.dropped.get(member.phase, 0) + len(gone)
             member.held, member.connects = record["held"], record["connects"]
+            member.fleet_events = record["fleet_events"]
             if event == "full":
                 self.full[member.member_id].set()
         elif event == "published":
@@ -577,7 +592,13 @@ async def start_member(
     member_id: str, args: argparse.Namespace, redis: Redis, shards: list[dict[str, Any]], token: str, logs: Path
 ) -> Member:
     """This script with ``--member``: one manager of the fleet, in a process of its own."""
-    spec = {"member_id": member_id, "redis_url": redis.url, "ttl": args.ttl, "shards": shards}
+    spec = {
+        "member_id": member_id,
+        "redis_url": redis.url,
+        "ttl": args.ttl,
+        "shards": shards,
+        "timeouts": args.timeouts,
+    }
     log_path = logs / f"member_{member_id}.log"
     with log_path.open("ab") as log:
         process = await trio.lowlevel.open_process(
@@ -609,6 +630,7 @@ async def measure(args: argparse.Namespace, fleet: Fleet, meter: Meter, start: S
         "from_last_join_s": last_idle - max(joined),
         "connects_beyond_one_per_device": sum(m.connects for m in fleet.live()) - devices,
         "held": {m.member_id: m.held for m in fleet.live()},
+        "fleet_events": {m.member_id: dict(m.fleet_events) for m in fleet.live()},
     }
     result["redis_after_settle"] = await published_and_checked(args, fleet, redis)
     # 2. steady.
@@ -658,6 +680,7 @@ async def measure(args: argparse.Namespace, fleet: Fleet, meter: Meter, start: S
         "taken_by": {m.member_id: sum(1 for d in orphans if owners[d] == m.member_id) for m in survivors},
         "survivor_devices_left_idle": sum(m.dropped.get("takeover", 0) for m in survivors),
         "held": {m.member_id: m.held for m in survivors},
+        "fleet_events": {m.member_id: dict(m.fleet_events) for m in survivors},
     }
     result["redis_after_takeover"] = await published_and_checked(args, fleet, redis)
     result["problems"] = list(fleet.problems)
@@ -732,7 +755,8 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
     lines = [
         table,
         "",
-        f"{args.devices} devices over {args.members} members, lease TTL {args.ttl:g} s; device side "
+        f"{args.devices} devices over {args.members} members, lease TTL {args.ttl:g} s, {args.timeouts} "
+        "connect/register/telemetry timeouts; device side "
         f"{result['layout']}. All IDLE {idle['to_last_idle_s']:.2f} s after starting the members "
         f"({idle['from_last_join_s']:.2f} s after the last one joined; {idle['connects_beyond_one_per_device']} "
         f"connects beyond one per device); held {idle['held']}.",
@@ -740,6 +764,7 @@ def render(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"the others {takeover['takeover_s']:.2f} s later (first {takeover['first_orphan_idle_s']:.2f} s; bound "
         f"TTL + {TAKEOVER_MARGIN_S:g} s = {takeover['bound_s']:g} s: {verdict}); taken by {takeover['taken_by']}; "
         f"the survivors' own devices that left IDLE meanwhile: {takeover['survivor_devices_left_idle']}.",
+        f"Fleet events by member, at the end of the takeover (since it started): {takeover['fleet_events']}.",
         f"Steady: devices that left IDLE: {result['steady']['devices_left_idle']}; top Redis commands "
         + ", ".join(f"{name} {count / result['steady']['seconds']:.1f}/s" for name, count in _top(result["steady"]))
         + ".",
@@ -796,6 +821,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="give up when the fleet is not all IDLE S seconds after the members start, or the killed member's "
         "devices S seconds after the kill (default 60 s + 20 ms per device)",
     )
+    parser.add_argument(
+        "--timeouts",
+        choices=["generous", "library"],
+        default="generous",
+        help="the members' connect/register/telemetry timeouts: 'generous' (default) = "
+        f"{bench_registration.GENEROUS_S:g} s each, as bench_registration.py; 'library' = ManagerSettings' defaults",
+    )
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep redis, device-side and member logs in DIR")
     parser.add_argument("--member", metavar="SPEC", help=argparse.SUPPRESS)
     _common.add_out_argument(parser)
@@ -818,17 +850,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.member is not None:
         return member_main(args.member)
     load = _device_side.host_load()
     with tempfile.TemporaryDirectory(prefix="bench_fleet_") as scratch:
+        failures: list[BaseException] = []
         try:
             result = trio.run(orchestrate, args, Path(scratch))
-        except (Failed, _device_side.DeviceSideFailed) as exc:
+        except* (Failed, _device_side.DeviceSideFailed) as group:
+            failures.extend(_leaves(group))
+    if failures:
+        for exc in failures:
             print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
+        return 1
     cpu = psutil.cpu_count() or 0
     print(f"Fleet mode: {args.devices} devices over {args.members} managers on one Redis, {cpu} CPUs\n")
     print(render(args, result))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import secrets
@@ -140,6 +141,15 @@ async def run_member(spec: dict[str, Any], token: str) -> None:
                     now[device_id] = state.idle_since
             return now
 
+        def where() -> dict[str, int]:
+            """The devices this member holds, by status and phase (what a run that does not settle is told)."""
+            counts: dict[str, int] = {}
+            for device_id in member.owned:
+                state = manager.get_device_state(device_id)
+                key = f"{state.status.value} (phase {state.phase.value if state.phase else '-'})"
+                counts[key] = counts.get(key, 0) + 1
+            return dict(sorted(counts.items()))
+
         def report(full: bool) -> None:
             now = owned_idle()
             up = {d: at for d, at in now.items() if reported.get(d) != at}
@@ -156,6 +166,7 @@ async def run_member(spec: dict[str, Any], token: str) -> None:
                         "held": len(member.owned),
                         "connects": connects[0],
                         "fleet_events": fleet_events,
+                        "where": where() if full else None,
                         "at": time.time(),
                     }
                 )
@@ -218,6 +229,7 @@ def member_main(spec_json: str) -> int:
         return 2
     spec = json.loads(spec_json)
     tune_gc()  # as `python -m galaxy_trio run` does (galaxy_trio/runtime.py)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         trio.run(run_member, spec, token)
     except BaseException:
@@ -381,6 +393,8 @@ class Member:
     connects: int = 0
     #: The member's fleet events so far, by kind (lease acquired/lost/expired/released, degraded, recovered).
     fleet_events: dict[str, int] = field(default_factory=dict)
+    #: Its held devices by status and phase, as of its last full report.
+    where: dict[str, int] = field(default_factory=dict)
     joined_at: float | None = None
     killed: bool = False
     left: dict[str, Any] | None = None
@@ -457,6 +471,7 @@ class Fleet:
                 member.dropped[member.phase] = member.dropped.get(member.phase, 0) + len(gone)
             member.held, member.connects = record["held"], record["connects"]
             member.fleet_events = record["fleet_events"]
+            member.where = record["where"] or member.where
             if event == "full":
                 self.full[member.member_id].set()
         elif event == "published":
@@ -479,6 +494,16 @@ class Fleet:
         self.full[member.member_id] = trio.Event()
         await self.tell(member, "report")
         await self.full[member.member_id].wait()
+
+    async def describe(self) -> str:
+        """Where each live member's devices stand (asked for now, bounded), for a run that did not settle."""
+        with trio.move_on_after(30):
+            async with trio.open_nursery() as nursery:
+                for member in self.live():
+                    nursery.start_soon(self.report, member)
+        return "; ".join(
+            f"{m.member_id}: holds {m.held}, {m.where}, fleet events {m.fleet_events}" for m in self.live()
+        )
 
     async def publish(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -619,7 +644,10 @@ async def measure(args: argparse.Namespace, fleet: Fleet, meter: Meter, start: S
         await fleet.until(lambda: len(fleet.idle_owners()) == devices)
     if settling.cancelled_caught:
         owned = len(fleet.idle_owners())
-        raise Failed(f"only {owned} of {devices} devices IDLE under a member after {args.timeout:g} s (--timeout)")
+        raise Failed(
+            f"only {owned} of {devices} devices IDLE under a member after {args.timeout:g} s (--timeout); "
+            + await fleet.describe()
+        )
     settled = await meter.sample()
     last_idle = max(at for m in fleet.live() for at in m.idle.values())
     joined = [m.joined_at for m in fleet.members.values() if m.joined_at is not None]
@@ -663,7 +691,8 @@ async def measure(args: argparse.Namespace, fleet: Fleet, meter: Meter, start: S
         owners = fleet.idle_owners()
         left = sum(1 for d in orphans if d not in owners)
         raise Failed(
-            f"{left} of the killed member's {len(orphans)} devices not IDLE elsewhere after {args.timeout:g} s"
+            f"{left} of the killed member's {len(orphans)} devices not IDLE elsewhere {args.timeout:g} s after the "
+            "kill; " + await fleet.describe()
         )
     taken = await meter.sample()
     owners = fleet.idle_owners()

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -591,3 +592,42 @@ def test_memory_breakdown_rejects_nonsense_arguments() -> None:
     )
     assert completed.returncode == 2
     assert "--devices and --top must be at least 1" in completed.stderr
+
+
+# --- bench_fleet.py ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fleet_settles_takes_over_a_killed_member_and_reports_redis_rates(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (run .ci/redis.sh, or: apt-get install -y redis-server)")
+    pytest.importorskip(
+        "glide", reason="the Redis client valkey-glide is not installed: pip install 'galaxy_trio[fleet]'"
+    )
+    completed, data = _run(
+        [str(BENCHMARKS / "bench_fleet.py"), "--devices", "20", "--members", "2", "--ttl", "1.5", "--steady", "1"],
+        tmp_path / "fleet.json",
+    )
+    assert completed.returncode == 0, completed.stderr
+    header, rows = _table_rows(completed.stdout, "phase")
+    assert header[:4] == ["phase", "wall s", "Redis cmds/s per 1k dev", "requests/s per 1k dev"]
+    assert [row[0] for row in rows] == ["to all IDLE", "steady 1 s", "takeover"]
+    assert (data["benchmark"], data["devices"], data["members"], data["ttl_s"]) == ("fleet", 20, 2, 1.5)
+    assert data["problems"] == [] and data["takeover_bound_s"] == 11.5
+    # Settled: the members' shares cover the fleet, and Redis (what `status --redis` reads) agrees device by device.
+    assert sum(data["to_all_idle"]["held"].values()) == 20
+    assert data["redis_after_settle"]["not_idle"] == [] and data["redis_after_settle"]["devices"] == 20
+    assert data["redis_after_settle"]["owners"] == data["to_all_idle"]["held"]
+    # The killed member's devices are all IDLE under the survivor, which owns the whole fleet in Redis.
+    takeover = data["takeover"]
+    assert takeover["victim"] == "m0" and takeover["orphans"] == data["to_all_idle"]["held"]["m0"]
+    assert takeover["taken_by"] == {"m1": takeover["orphans"]} and takeover["survivor_devices_left_idle"] == 0
+    assert data["redis_after_takeover"]["owners"] == {"m1": 20} and data["redis_after_takeover"]["not_idle"] == []
+    assert _positive(takeover["takeover_s"]) and isinstance(takeover["meets_bound"], bool)
+    # Redis's rates: the steady fleet renews its leases (scripts' inner GET/PEXPIRE) and reads its mailboxes.
+    steady = data["steady"]
+    assert _positive(steady["commands_per_s_per_1000"]) and _positive(steady["requests_per_s_per_1000"])
+    assert steady["commands_per_s_per_1000"] >= steady["requests_per_s_per_1000"]
+    assert {"evalsha", "pexpire", "xread"} <= set(steady["calls"]) and "info" not in steady["calls"]
+    assert set(steady["cpu_s"]) == {"redis", "device:0", "member:m0", "member:m1"}
+    assert set(data["leave_s"]) == {"m1"}  # the survivor left gracefully (the killed one could not)

@@ -149,13 +149,20 @@ class LeaseKeeper:
             self._take_from = trio.current_time() + self.join_grace
             started = False
             while True:
+                tick_started = trio.current_time()
                 ok = await self._tick(nursery)
                 self.ticks += 1
                 if not started:
                     started = True
                     task_status.started()
-                delay = self.timing.renew_interval if ok else self.retry_backoff.delay(self.failures)
-                await trio.sleep(delay)
+                if ok:
+                    # Every renew_interval from the tick's *start*: a slow tick (up to io_bound) and its event
+                    # recording (as long again) must not push the next renewal out by their own duration, or a
+                    # lease acquired early in a slow tick lapses locally with the registry up. Renewal comes first
+                    # in a tick, so it is sent at most two io_bounds after an acquisition — inside local validity.
+                    await trio.sleep_until(tick_started + self.timing.renew_interval)
+                else:
+                    await trio.sleep(self.retry_backoff.delay(self.failures))
 
     async def _watch_expiry(self) -> None:
         # Validity only ever grows for a held lease, and a new lease outlives the held ones; so sleeping until the
@@ -175,10 +182,8 @@ class LeaseKeeper:
     async def _tick(self, handovers: trio.Nursery) -> bool:
         try:
             with trio.fail_after(self.io_bound):
-                self.live_members = await self.registry.beat(self._record(), self.timing.ttl)
-                rejoin = self.degraded
-                if self.degraded:
-                    self._recovered()
+                # Renew first: it is what keeps the devices, and a slow beat must not delay it.
+                rejoin = False
                 held = self.book.held()
                 if held:
                     sent_at = trio.current_time()
@@ -189,6 +194,10 @@ class LeaseKeeper:
                         self.driver.stop(device_id, reason)
                         self._emit(FleetEventKind.LEASE_LOST, device_id, reason)
                         rejoin = True
+                self.live_members = await self.registry.beat(self._record(), self.timing.ttl)
+                rejoin = rejoin or self.degraded
+                if self.degraded:
+                    self._recovered()
                 if rejoin:
                     await self._rejoin()
                 if trio.current_time() >= self._take_from and not self._closing:

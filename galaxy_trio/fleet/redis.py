@@ -35,6 +35,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
 import msgspec
+import trio
 
 from .errors import RegistryUnavailable
 from .redis_url import RedisTarget, parse_redis_url
@@ -238,6 +239,7 @@ class RedisRegistry:
         self._mail_block_ms = max(1, round(mail_block * 1000))
         self._mail_expiry_ms = str(math.ceil(mail_expiry * 1000))
         self._mail_cursor: dict[str, str] = {}
+        self._closed_mailboxes: set[str] = set()
         self._scripts = _Scripts()
         self._fleet_key = f"{namespace}:fleet"
         self._catalog_key = f"{namespace}:devices"
@@ -420,9 +422,11 @@ class RedisRegistry:
         with self._errors("opening the mailbox"):
             await self._client.delete([self.mailbox_key(member_id)])
         self._mail_cursor[member_id] = "0-0"
+        self._closed_mailboxes.discard(member_id)
 
     async def close_mailbox(self, member_id: str) -> None:
-        self._mail_cursor.pop(member_id, None)
+        if self._mail_cursor.pop(member_id, None) is not None:
+            self._closed_mailboxes.add(member_id)
         with self._errors("closing the mailbox"):
             await self._client.delete([self.mailbox_key(member_id)])
 
@@ -435,6 +439,10 @@ class RedisRegistry:
         )
 
     async def fetch_mail(self, member_id: str) -> list[bytes]:
+        if member_id in self._closed_mailboxes:
+            # Closed while its reader was between two reads (a member leaving): nothing will arrive, as in the
+            # memory registry; the reader's scope ends the wait.
+            await trio.sleep_forever()
         cursor = self._mail_cursor.get(member_id)
         if cursor is None or self._blocking is None:
             raise RuntimeError(f"mailbox of {member_id!r} is not open")

@@ -158,5 +158,6 @@ class FleetRegistry(Protocol):
 
     async def fetch_mail(self, member_id: str) -> list[bytes]:
         """Wait for mail in this member's mailbox and return it (oldest first); may return ``[]`` after a while
-        with nothing to read. Each message is returned once."""
+        with nothing to read. Each message is returned once. Once the mailbox is closed, it waits until cancelled
+        (its reader may still be running while its member leaves)."""
         ...

@@ -7,6 +7,7 @@ exact. TTL 9 s: renewals every 3 s, safety margin 0.9 s, local validity 8.1 s, j
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 import trio
@@ -120,7 +121,8 @@ async def test_unreachable_registry_devices_are_kept_exactly_until_local_expiry(
     expired = [d for kind, d, _ in seen if kind is FleetEventKind.LEASE_EXPIRED]
     assert sorted(expired) == DEVICES
     # While cut off, the keeper retried on its backoff schedule: exactly the delays of the same seeded Backoff.
-    attempts = [t - t0 for t, _ in registry.calls_of("beat") if t0 + 9.0 <= t < t0 + 30.0]
+    # (A tick's first call is its attempt: the renewal while leases are held, the beat once none is.)
+    attempts = sorted({t - t0 for t, name, _ in registry.calls if name in ("renew", "beat") and 9.0 <= t - t0 < 30.0})
     expected, at, failures = [], 9.0, 0
     while at < 30.0:
         expected.append(at)
@@ -229,3 +231,51 @@ async def test_close_releases_everything_at_once(autojump_clock: trio.testing.Mo
     assert snapshot.members == []
     events = await registry.read_events(100)
     assert sorted(e["device_id"] for e in events if e["kind"] == "lease_released") == DEVICES
+
+
+class SlowRegistry(FlakyRegistry):
+    """Every call is answered, each after its own delay (a registry, or a member's own loop, slow but up)."""
+
+    def __init__(self, inner: MemoryRegistry, delays: dict[str, float]) -> None:
+        super().__init__(inner)
+        self.delays = delays
+
+    def __getattr__(self, name: str) -> Any:
+        call = super().__getattr__(name)
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            result = await call(*args, **kwargs)  # done in the registry at once; the answer comes late
+            await trio.sleep(self.delays.get(name, 0.0))
+            return result
+
+        return slow
+
+
+async def test_a_slow_registry_that_always_answers_in_time_never_makes_leases_lapse(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Every call answers within io_bound (3 s), so no tick fails. The tick that acquires (sent 1 s into it) takes
+    # 2.9 s, recording its events 2.9 s more, and a beat 1 s: counted from the tick's end, with the beat first, the
+    # first renewal was sent 1.9 + 2.9 + 3 + 1 = 8.8 s after the acquisition — past its local validity (8.1 s),
+    # so the member dropped every device with the registry up (seen at 5,000 and 10,000 devices by
+    # benchmarks/bench_fleet.py on a loaded machine: a member's loop busy connecting its share).
+    registry = SlowRegistry(MemoryRegistry(), {"beat": 1.0, "acquire": 1.9, "append_events": 2.9})
+    keeper, driver = keeper_for(registry, "a")
+    expired = []
+    with keeper.hub.subscribe() as events:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for event in events:
+                    if event.kind in (FleetEventKind.LEASE_EXPIRED, FleetEventKind.DEGRADED):
+                        expired.append(event)
+
+            nursery.start_soon(watch)
+            t0 = trio.current_time()
+            await nursery.start(keeper.run)
+            await trio.sleep_until(t0 + 40.0)
+            nursery.cancel_scope.cancel()
+    assert expired == [] and keeper.failures == 0
+    assert driver.running == set(DEVICES) and driver.times("stop") == []
+    (acquired_at, _), (first_renewal, _) = registry.calls_of("acquire")[0], registry.calls_of("renew")[0]
+    assert first_renewal - acquired_at < TIMING.local_validity

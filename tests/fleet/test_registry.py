@@ -115,6 +115,18 @@ async def test_mail_is_delivered_once_in_order(registry: FleetRegistry) -> None:
     await registry.close_mailbox("m1")
 
 
+async def test_reading_a_closed_mailbox_waits_like_an_empty_one(registry: FleetRegistry) -> None:
+    # A member that leaves closes its mailbox while its reader may be between two reads (on Redis: an XREAD BLOCK
+    # that returns during the close). The reader's next read must wait, as on an empty mailbox, until the member's
+    # scope cancels it — not raise, which made a clean leave end in an error (found by benchmarks/bench_fleet.py).
+    await registry.open_mailbox("m1")
+    await registry.close_mailbox("m1")
+    with trio.move_on_after(0.5) as waited:
+        while True:
+            assert await registry.fetch_mail("m1") == []
+    assert waited.cancelled_caught
+
+
 async def test_redis_lease_ttls_are_set_and_renewed_in_milliseconds(redis_server: RedisServer, namespace: str) -> None:
     from glide import GlideClient, GlideClientConfiguration, NodeAddress
 

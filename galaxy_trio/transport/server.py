@@ -71,8 +71,9 @@ _IO: Final[ErrorTable] = {STREAM_ERRORS: link_closed}
 class ServerLink(WsLink):
     """An accepted WebSocket (the shared core, :class:`._wslink.WsLink`). Made by :meth:`LinkRequest.accept`.
 
-    :meth:`ping` waits for the pong, which the task that receives sees: the server's single reader per
-    connection (``server.connection``) reads all the time the connection is open.
+    :meth:`ping` waits for the pong, which the task that receives sees (the server's single reader per
+    connection reads all the time the connection is open); the server's keepalive uses :meth:`send_ping` and
+    ``heard_at`` instead, and waits for nothing.
     """
 
     __slots__ = ()

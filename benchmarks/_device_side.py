@@ -99,6 +99,18 @@ def nofile_limits() -> tuple[int, int]:
     return (sys.maxsize if soft == infinity else soft, sys.maxsize if hard == infinity else hard)
 
 
+def start_child_process(flag: str) -> str | None:
+    """What every benchmark child process (a manager worker, a fleet member) does first: raise its open-files
+    limit and take the token from the environment. Returns the token, or None after saying on stderr that
+    ``$GALAXY_TRIO_TOKEN`` is missing (the child then exits 2)."""
+    raise_nofile_limit()
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        print(f"{flag} needs ${TOKEN_ENV}", file=sys.stderr)
+        return None
+    return token
+
+
 def raise_nofile_limit() -> tuple[int, int]:
     """Raise the soft open-files limit to the hard limit (what an unprivileged process may do); return both.
 

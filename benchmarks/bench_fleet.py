@@ -222,10 +222,8 @@ async def run_member(spec: dict[str, Any], token: str) -> None:
 
 
 def member_main(spec_json: str) -> int:
-    _device_side.raise_nofile_limit()
-    token = os.environ.get(_device_side.TOKEN_ENV, "")
-    if not token:
-        print(f"--member needs ${_device_side.TOKEN_ENV}", file=sys.stderr)
+    token = _device_side.start_child_process("--member")
+    if token is None:
         return 2
     spec = json.loads(spec_json)
     tune_gc()  # as `python -m galaxy_trio run` does (galaxy_trio/runtime.py)

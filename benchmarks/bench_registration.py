@@ -440,10 +440,8 @@ GC_MODE = "cli"
 
 
 def worker_main(spec_json: str) -> int:
-    _device_side.raise_nofile_limit()
-    token = os.environ.get(_device_side.TOKEN_ENV, "")
-    if not token:
-        print(f"--worker needs ${_device_side.TOKEN_ENV}", file=sys.stderr)
+    token = _device_side.start_child_process("--worker")
+    if token is None:
         return 2
     spec = json.loads(spec_json)
     if spec.get("gc", "cli") == "cli":

@@ -19,8 +19,9 @@ from galaxy_trio.errors import LinkClosed
 from galaxy_trio.transport import LinkRequest, open_link, serve_links
 from galaxy_trio.transport.client import _request_parts
 
+from ..net import read_until_closed
+
 KEY = base64.b64encode(b"sixteen byte key")
-GUARD = 60.0
 
 
 @asynccontextmanager
@@ -55,19 +56,10 @@ async def _requesting(port: int, target: str = "/ws") -> trio.SocketStream:
     return stream
 
 
-async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
-    """Everything until the server closes the socket (within GUARD virtual seconds)."""
-    received = b""
-    with trio.fail_after(GUARD):
-        while data := await stream.receive_some(65536):
-            received += data
-    return received
-
-
 async def _hung_up_without_an_answer(stream: trio.abc.ReceiveStream) -> bool:
     """The server closed the socket having sent nothing (a reset too: it never read what this client sent)."""
     try:
-        return await _read_all(stream) == b""
+        return await read_until_closed(stream) == b""
     except trio.BrokenResourceError:
         return True
 
@@ -103,7 +95,7 @@ async def test_upgrades_past_the_bound_wait_until_one_is_answered(autojump_clock
         for _ in range(4):
             held.answer_first()
             await trio.testing.wait_all_tasks_blocked()
-        answers = [await _read_all(client) for client in clients]
+        answers = [await read_until_closed(client) for client in clients]
     assert all(answer.startswith(b"HTTP/1.1 403 ") for answer in answers)
     assert len(held.waiting) == 5 and held.most_at_once == 2
 
@@ -123,12 +115,12 @@ async def test_a_client_queued_for_a_turn_is_still_dropped_at_its_handshake_dead
         assert [request.target for request, _ in held.waiting] == ["/holder"]
         # The dropped ones left no turn behind: once the holder is answered, the next upgrade gets one.
         held.answer_first()
-        assert (await _read_all(holder)).startswith(b"HTTP/1.1 403 ")
+        assert (await read_until_closed(holder)).startswith(b"HTTP/1.1 403 ")
         later = await _requesting(port, "/later")
         await trio.testing.wait_all_tasks_blocked()
         assert [request.target for request, _ in held.waiting] == ["/holder", "/later"]
         held.answer_first()
-        assert (await _read_all(later)).startswith(b"HTTP/1.1 403 ")
+        assert (await read_until_closed(later)).startswith(b"HTTP/1.1 403 ")
 
 
 async def _accept_and_echo(request: LinkRequest) -> None:

@@ -30,6 +30,8 @@ from galaxy_trio.transport.server import (
     switching_protocols,
 )
 
+from ..net import read_until_closed
+
 KEY = base64.b64encode(b"sixteen byte key")
 GUARD = 60.0
 
@@ -120,20 +122,11 @@ async def _never_called(request: LinkRequest) -> None:
     raise AssertionError(f"the handler saw a request that should have been refused: {request.target}")
 
 
-async def _read_all(stream: trio.SocketStream) -> bytes:
-    """Everything until the server closes the socket (within GUARD virtual seconds)."""
-    received = b""
-    with trio.fail_after(GUARD):
-        while data := await stream.receive_some(65536):
-            received += data
-    return received
-
-
 async def test_an_invalid_upgrade_is_answered_and_the_socket_closed(autojump_clock: trio.testing.MockClock) -> None:
     async with running(_never_called) as port:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(_head(Sec_WebSocket_Version=b"8") + b"\r\n\r\n")
-        answer = await _read_all(stream)
+        answer = await read_until_closed(stream)
     assert answer.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
     assert b"\r\nSec-WebSocket-Version: 13\r\n" in answer and b"\r\nConnection: close\r\n" in answer
     assert answer.endswith(b"\r\n\r\nunsupported WebSocket version\n")
@@ -143,7 +136,7 @@ async def test_a_request_head_over_the_bound_gets_431(autojump_clock: trio.testi
     async with running(_never_called) as port:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"GET /ws HTTP/1.1\r\nX-Padding: " + b"a" * (MAX_REQUEST_HEAD + 100))
-        answer = await _read_all(stream)
+        answer = await read_until_closed(stream)
     assert answer.startswith(b"HTTP/1.1 431 ")
 
 
@@ -154,7 +147,7 @@ async def test_a_peer_that_never_finishes_its_request_is_dropped_at_the_handshak
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: h\r\n")  # and nothing more
         started = trio.current_time()
-        assert await _read_all(stream) == b""
+        assert await read_until_closed(stream) == b""
         assert trio.current_time() - started == pytest.approx(3.0, abs=0.1)
 
 
@@ -173,7 +166,7 @@ async def test_a_rejected_upgrade_gets_its_status_and_body_then_the_socket_close
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         before, after = _request_parts(f"127.0.0.1:{port}", "/ws?token=x")
         await stream.send_all(before + KEY + after)
-        answer = await _read_all(stream)
+        answer = await read_until_closed(stream)
     assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n") and answer.endswith(b"\r\n\r\nForbidden\n")
     local_port = stream.socket.getsockname()[1]
     assert seen == [("/ws?token=x", f"127.0.0.1:{local_port}")]

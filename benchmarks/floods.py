@@ -562,6 +562,7 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
         suffix: Path(f"{args.server_log}.passes{suffix.strip(' ()') or '-main'}.jsonl") for suffix in ("", " (base)")
     }
     gc_mode = ("--server-gc", args.server_gc)
+    base_gc_mode = ("--server-gc", args.base_server_gc or args.server_gc)
     server, port_line = await _start_process("--serve", *gc_mode, "--pass-log", str(pass_logs[""]), stderr=server_log)
     unbounded, unbounded_port = await _start_process("--serve", *gc_mode, "--unbounded", stderr=server_log)
     servers = [server, unbounded]
@@ -570,7 +571,7 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     try:
         if args.base is not None:
             base, base_port = await _start_process(
-                "--serve", *gc_mode, "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
+                "--serve", *base_gc_mode, "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
             )
             servers.append(base)
             mains.append((" (base)", base, int(base_port), Bystander()))
@@ -692,6 +693,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the servers' garbage collector: as `python -m galaxy_trio serve` sets it (runtime.tune_gc, the "
         "default), or Python's default thresholds",
     )
+    parser.add_argument(
+        "--base-server-gc",
+        choices=("serve", "default"),
+        help="the --base server's garbage collector, if not --server-gc's (with --base DIR = this tree: what the "
+        "thresholds buy, in one run)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pass-log", help=argparse.SUPPRESS)
@@ -728,7 +735,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Path(args.server_log)
     with log.open("wb") as server_log:
         results = trio.run(measure, args, server_log)
-    results = {"environment": _common.environment(), "load": load, "server_gc": args.server_gc, **results}
+    server_gc = (
+        args.server_gc
+        if args.base_server_gc in (None, args.server_gc)
+        else (f"{args.server_gc} (base: {args.base_server_gc})")
+    )
+    results = {"environment": _common.environment(), "load": load, "server_gc": server_gc, **results}
     results["server_warnings"] = _warnings(log.read_text(errors="replace"))
     print(render(results))
     if args.out is not None:

@@ -37,6 +37,9 @@ __all__ = ["RECEIVE_BYTES", "LinkState", "WsLink", "clip_reason", "text_frame"]
 #: Bytes asked of the socket per read. AIP frames are mostly under 1 KiB; a list_tools result is a few KiB.
 RECEIVE_BYTES: Final = 16 * 1024
 
+#: A close frame's first byte (FIN and opcode 8, RFC 6455 §5.2): how a read that starts with one is told apart.
+_CLOSE_FRAME_FIRST_BYTE: Final = 0x88
+
 #: A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5).
 _MAX_CLOSE_REASON: Final = 123
 
@@ -59,6 +62,7 @@ class WsLink:
 
     __slots__ = (
         "_close_code",
+        "_close_paced",
         "_close_reason",
         "_close_turnstile",
         "_heard_at",
@@ -87,6 +91,7 @@ class WsLink:
         #: Paces the handling of the peer's close with every other link's (:mod:`._pacing`); a server's links
         #: share one, so a close storm is spread over scheduler passes. None: handled at once (a client's links).
         self._close_turnstile = close_turnstile
+        self._close_paced = False  # (the peer's close waits for its pass once)
         self._send_lock = trio.Lock()
         self._state = LinkState.OPEN
         #: Why the link is over, once it is not OPEN (what receive and send raise from then on).
@@ -308,19 +313,33 @@ class WsLink:
             data = b""
         if data:
             self._heard_at = trio.current_time()
+        turnstile = self._close_turnstile
+        if turnstile is not None and not self._close_paced and (not data or data[0] == _CLOSE_FRAME_FIRST_BYTE):
+            # What looks like the peer's close (the end of the stream, or bytes that start with a close frame)
+            # waits for its pass before it is even parsed: parsing is most of a close's cost, and thousands of
+            # closes become readable in the same pass. (A look only: a chunk that starts with that byte in the
+            # middle of a frame is delayed one pass, nothing more; a close behind other frames is paced when
+            # it is handled, in _on_close.)
+            self._close_paced = True
+            try:
+                await turnstile.pass_through()
+            finally:
+                self._ws.receive_data(data or None)  # (even when cancelled: the close is then still seen)
+            return
         self._ws.receive_data(data or None)  # None (EOF) becomes a CloseConnection with code 1006
 
     async def _on_close(self, event: CloseConnection) -> None:
         """The peer closed, broke the protocol (wsproto reports that as a close too) or went away.
 
-        A close the peer started waits for its pass of the link's close turnstile first (the link is already
-        over for its users: :meth:`_end` recorded why); having waited, or sent the acknowledgement, this has
-        been a schedule point, so the socket is then dropped without another one: a close is the same number of
-        task steps paced as it was unpaced.
+        A close the peer started waits for its pass of the link's close turnstile first, unless its bytes did
+        already (:meth:`_read`; the link is already over for its users: :meth:`_end` recorded why). Having waited
+        or sent the acknowledgement, this has been a schedule point, so the socket is then dropped without
+        another one: a close is the same number of task steps paced as it was unpaced.
         """
         checkpointed = False
         if self._end(event.code, event.reason or None):
-            if self._close_turnstile is not None:
+            if self._close_turnstile is not None and not self._close_paced:
+                self._close_paced = True
                 await self._close_turnstile.pass_through()
                 checkpointed = True
             # Not our close, nor a broken send: acknowledge it (a no-op after an EOF, which wsproto reports as 1006,

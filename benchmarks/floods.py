@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ SHORT_SETTINGS: dict[str, Any] = {
     "send_deadline": 5.0,
 }
 BYSTANDER_PERIOD = 0.02
+#: The bystander's label while the server is stopped (``--release-paused``): those round trips are not counted.
+PAUSED = "paused"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -106,17 +109,22 @@ LONG_PASS_S = 0.02
 
 class PassLog(trio.abc.Instrument):
     """The server's long scheduler passes, one JSON line each: when it ended (``time.time()``), how long it took,
-    how many task steps ran in it, and how much of it was a full (generation 2) garbage collection.
+    how much CPU time the server spent in it (the rest is the OS running other processes), how many task steps
+    ran in it, and how much of it was a full (generation 2) garbage collection, and how much
+    a young one (generations 0 and 1: with ``serve``'s thresholds a generation-1 collection scans the survivors of
+    50 young ones, which during a ramp are most of the new connections' objects).
 
     A bystander's round trip on a loaded machine also waits for the CPU; these say what the server itself did.
-    Costs two clock reads a pass and a counter a task step.
+    Costs four clock reads a pass and a counter a task step.
     """
 
     def __init__(self, path: str) -> None:
         self._file = open(path, "w", buffering=1)  # (open for the server process's life)
         self._started = 0.0
+        self._cpu_started = 0.0
         self._steps = 0
         self._gc_s = 0.0
+        self._young_gc_s = 0.0
         self._gc_started = 0.0
         gc.callbacks.append(self._on_gc)
 
@@ -125,11 +133,15 @@ class PassLog(trio.abc.Instrument):
             self._gc_started = time.perf_counter()
         elif info["generation"] == 2:
             self._gc_s += time.perf_counter() - self._gc_started
+        else:
+            self._young_gc_s += time.perf_counter() - self._gc_started
 
     def after_io_wait(self, timeout: float) -> None:
         self._started = time.perf_counter()
+        self._cpu_started = time.thread_time()
         self._steps = 0
         self._gc_s = 0.0
+        self._young_gc_s = 0.0
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         self._steps += 1
@@ -137,7 +149,14 @@ class PassLog(trio.abc.Instrument):
     def before_io_wait(self, timeout: float) -> None:
         took = time.perf_counter() - self._started
         if self._started and took > LONG_PASS_S:
-            line = {"t": time.time(), "ms": 1000 * took, "steps": self._steps, "gc_ms": 1000 * self._gc_s}
+            line = {
+                "t": time.time(),
+                "ms": 1000 * took,
+                "cpu_ms": 1000 * (time.thread_time() - self._cpu_started),
+                "steps": self._steps,
+                "gc_ms": 1000 * self._gc_s,
+                "young_gc_ms": 1000 * self._young_gc_s,
+            }
             self._file.write(json.dumps(line) + "\n")
 
 
@@ -147,8 +166,11 @@ def pass_figures(path: Path, start: float, end: float) -> dict[str, Any]:
     return {
         "server_long_passes": len(passes),
         "server_longest_pass_ms": round(max((p["ms"] for p in passes), default=0.0), 1),
+        # The server's own CPU time in its longest-CPU pass: the rest of a long pass's wall time is the OS's.
+        "server_most_cpu_in_a_pass_ms": round(max((p.get("cpu_ms", 0.0) for p in passes), default=0.0), 1),
         "server_most_steps_in_a_pass": max((p["steps"] for p in passes), default=0),
         "server_full_gc_ms": round(sum(p["gc_ms"] for p in passes), 1),
+        "server_young_gc_ms": round(sum(p.get("young_gc_ms", 0.0) for p in passes), 1),  # (a base tree's log too)
     }
 
 
@@ -266,10 +288,11 @@ async def flood_silent(port: int, seconds: float, count: int) -> dict[str, Any]:
     return {"opened": opened, "hung_up": len(hangups), "median_hangup_s": percentile(hangups, 50)}
 
 
-async def flood_held(port: int, seconds: float, count: int) -> dict[str, Any]:
+async def flood_held(port: int, seconds: float, count: int, wait_for_go: bool = False) -> dict[str, Any]:
     """``count`` devices registered and held open (each reading, so it answers pings), connected 100 at a time (a
     storm of thousands at once measures the load generator, not the server; ``silent`` is the storm). Prints a
-    first line when all are registered (or after 120 s), a second after holding them ``seconds``, then lets go."""
+    first line when all are registered (or after 120 s), a second after holding them ``seconds``, then lets go
+    (``wait_for_go``: once a line comes on stdin)."""
     registered = 0
     failures: Counter[str] = Counter()
     start = trio.current_time()
@@ -304,6 +327,8 @@ async def flood_held(port: int, seconds: float, count: int) -> dict[str, Any]:
         await trio.sleep(seconds)
         held = registered
         print("{}", flush=True)  # the hold is over: what follows is the release
+        if wait_for_go:
+            await _line(trio.lowlevel.FdStream(os.dup(0)))  # (the driver stopped the server meanwhile)
         nursery.cancel_scope.cancel()
     return {**ramp, "still_registered_at_end": held, "failures": dict(failures)}
 
@@ -416,6 +441,8 @@ class Bystander:
         self.windows: dict[str, tuple[float, float]] = {}
         self.samples: dict[str, list[float]] = {}
         self.failures: Counter[str] = Counter()
+        #: When a paused server was let go (``time.perf_counter()``), for the round trips in flight across it.
+        self.resumed_at = 0.0
 
     @property
     def phase(self) -> str:
@@ -437,7 +464,10 @@ class Bystander:
                 await link.send_text(frame)
                 while decode_server_message(await link.receive()).type.value != "heartbeat":
                     pass
-                self.samples.setdefault(self.phase, []).append(time.perf_counter() - sent)
+                if self.phase != PAUSED:
+                    # A round trip across the server's pause counts from its resumption: the rest was the pause.
+                    began = max(sent, self.resumed_at)
+                    self.samples.setdefault(self.phase, []).append(time.perf_counter() - began)
                 await trio.sleep(BYSTANDER_PERIOD)
 
     def figures(self, phase: str) -> dict[str, Any]:
@@ -488,7 +518,10 @@ async def _flood(
     until the server has closed the held sockets (the flooder's exit only starts that work). ``suffix`` follows
     each label."""
     fds_before = _server_usage(server_pid)["server_fds"]
+    paused = kind == "held" and args.release_paused
     extra = {"silent": ["--count", str(args.silent)], "held": ["--count", str(args.held)]}.get(kind, [])
+    if paused:
+        extra.append("--wait-for-go")
     # The deaf device is closed by the keepalive (ping_interval + ping_timeout = 10 s): give it the time.
     seconds = max(args.seconds, 15.0) if kind == "deaf" else args.seconds
     process, first = await _start_process(
@@ -500,13 +533,25 @@ async def _flood(
         ramp = json.loads(first)
         bystander.phase = "held" + suffix
         await _line(process.stdout)
-        bystander.phase = "held-release" + suffix
+        if paused:
+            bystander.phase = PAUSED
+            os.kill(server_pid, signal.SIGSTOP)
+            assert process.stdin is not None
+            await process.stdin.send_all(b"go\n")
+        else:
+            bystander.phase = "held-release" + suffix
         first = ""
     output = first.encode()
-    while chunk := await process.stdout.receive_some(1 << 16):
-        output += chunk
-    if await process.wait() != 0:
-        raise RuntimeError(f"the {kind} flooder failed")
+    try:
+        while chunk := await process.stdout.receive_some(1 << 16):
+            output += chunk
+        if await process.wait() != 0:
+            raise RuntimeError(f"the {kind} flooder failed")
+    finally:
+        if paused:  # every held device has sent its close and hung up: the server finds them all at once
+            os.kill(server_pid, signal.SIGCONT)
+            bystander.resumed_at = time.perf_counter()
+            bystander.phase = "held-release" + suffix
     result: dict[str, Any] = {**ramp, **json.loads(output)}
     if kind == "held":
         released = trio.current_time()
@@ -562,6 +607,7 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
         suffix: Path(f"{args.server_log}.passes{suffix.strip(' ()') or '-main'}.jsonl") for suffix in ("", " (base)")
     }
     gc_mode = ("--server-gc", args.server_gc)
+    base_gc_mode = ("--server-gc", args.base_server_gc or args.server_gc)
     server, port_line = await _start_process("--serve", *gc_mode, "--pass-log", str(pass_logs[""]), stderr=server_log)
     unbounded, unbounded_port = await _start_process("--serve", *gc_mode, "--unbounded", stderr=server_log)
     servers = [server, unbounded]
@@ -570,7 +616,7 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     try:
         if args.base is not None:
             base, base_port = await _start_process(
-                "--serve", *gc_mode, "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
+                "--serve", *base_gc_mode, "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
             )
             servers.append(base)
             mains.append((" (base)", base, int(base_port), Bystander()))
@@ -635,7 +681,14 @@ def _warnings(text: str) -> dict[str, int]:
 
 
 #: The server's long-pass figures (:func:`pass_figures`), as table columns.
-PASS_COLUMNS = ("server_long_passes", "server_longest_pass_ms", "server_most_steps_in_a_pass", "server_full_gc_ms")
+PASS_COLUMNS = (
+    "server_long_passes",
+    "server_longest_pass_ms",
+    "server_most_cpu_in_a_pass_ms",
+    "server_most_steps_in_a_pass",
+    "server_full_gc_ms",
+    "server_young_gc_ms",
+)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -659,7 +712,8 @@ def render(results: dict[str, Any]) -> str:
     table = _common.markdown_table(
         [
             "phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s",
-            "passes > 20 ms", "longest pass ms", "most steps in a pass", "full GC ms", "flood",
+            "passes > 20 ms", "longest pass ms", "most CPU in a pass ms", "most steps in a pass", "full GC ms",
+            "young GC ms", "flood",
         ],
         rows,
     )  # fmt: skip
@@ -692,12 +746,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the servers' garbage collector: as `python -m galaxy_trio serve` sets it (runtime.tune_gc, the "
         "default), or Python's default thresholds",
     )
+    parser.add_argument(
+        "--base-server-gc",
+        choices=("serve", "default"),
+        help="the --base server's garbage collector, if not --server-gc's (with --base DIR = this tree: what the "
+        "thresholds buy, in one run)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pass-log", help=argparse.SUPPRESS)
     parser.add_argument("--flood", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--wait-for-go", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--release-paused",
+        action="store_true",
+        help="stop each server (SIGSTOP) while the held devices close, and let it go once they have: every close "
+        "then waits for the server at once, as on a machine busy for a moment (the paused round trips not counted)",
+    )
     return parser.parse_args(argv)
 
 
@@ -719,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         floods = {
             "frames": partial(flood_frames, args.port, args.seconds, args.rate),
             "silent": partial(flood_silent, args.port, args.seconds, args.count),
-            "held": partial(flood_held, args.port, args.seconds, args.count),
+            "held": partial(flood_held, args.port, args.seconds, args.count, args.wait_for_go),
             "deaf": partial(flood_deaf, args.port, args.seconds),
         }
         print(json.dumps(trio.run(floods[args.flood])))
@@ -728,7 +795,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Path(args.server_log)
     with log.open("wb") as server_log:
         results = trio.run(measure, args, server_log)
-    results = {"environment": _common.environment(), "load": load, "server_gc": args.server_gc, **results}
+    server_gc = (
+        args.server_gc
+        if args.base_server_gc in (None, args.server_gc)
+        else (f"{args.server_gc} (base: {args.base_server_gc})")
+    )
+    results = {"environment": _common.environment(), "load": load, "server_gc": server_gc, **results}
     results["server_warnings"] = _warnings(log.read_text(errors="replace"))
     print(render(results))
     if args.out is not None:

@@ -30,11 +30,15 @@ from ..aip.close_codes import CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL
 from ..errors import BinaryFrame, LinkClosed
 from ._errors import STREAM_ERRORS
 from ._link import CANCELLED_CLOSE_GRACE, CLOSE_GRACE
+from ._pacing import PassTurnstile
 
 __all__ = ["RECEIVE_BYTES", "LinkState", "WsLink", "clip_reason", "text_frame"]
 
 #: Bytes asked of the socket per read. AIP frames are mostly under 1 KiB; a list_tools result is a few KiB.
 RECEIVE_BYTES: Final = 16 * 1024
+
+#: A close frame's first byte (FIN and opcode 8, RFC 6455 §5.2): how a read that starts with one is told apart.
+_CLOSE_FRAME_FIRST_BYTE: Final = 0x88
 
 #: A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5).
 _MAX_CLOSE_REASON: Final = 123
@@ -58,7 +62,9 @@ class WsLink:
 
     __slots__ = (
         "_close_code",
+        "_close_paced",
         "_close_reason",
+        "_close_turnstile",
         "_heard_at",
         "_max_message_size",
         "_parts",
@@ -71,10 +77,21 @@ class WsLink:
         "_ws",
     )
 
-    def __init__(self, stream: trio.abc.Stream, ws: Connection, max_message_size: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        ws: Connection,
+        max_message_size: int,
+        *,
+        close_turnstile: PassTurnstile | None = None,
+    ) -> None:
         self._stream = stream
         self._ws = ws
         self._max_message_size = max_message_size
+        #: Paces the handling of the peer's close with every other link's (:mod:`._pacing`); a server's links
+        #: share one, so a close storm is spread over scheduler passes. None: handled at once (a client's links).
+        self._close_turnstile = close_turnstile
+        self._close_paced = False  # (the peer's close waits for its pass once)
         self._send_lock = trio.Lock()
         self._state = LinkState.OPEN
         #: Why the link is over, once it is not OPEN (what receive and send raise from then on).
@@ -296,18 +313,47 @@ class WsLink:
             data = b""
         if data:
             self._heard_at = trio.current_time()
+        turnstile = self._close_turnstile
+        if turnstile is not None and not self._close_paced and (not data or data[0] == _CLOSE_FRAME_FIRST_BYTE):
+            # What looks like the peer's close (the end of the stream, or bytes that start with a close frame)
+            # waits for its pass before it is even parsed: parsing is most of a close's cost, and thousands of
+            # closes become readable in the same pass. (A look only: a chunk that starts with that byte in the
+            # middle of a frame is delayed one pass, nothing more; a close behind other frames is paced when
+            # it is handled, in _on_close.)
+            self._close_paced = True
+            try:
+                await turnstile.pass_through()
+            finally:
+                self._ws.receive_data(data or None)  # (even when cancelled: the close is then still seen)
+            return
         self._ws.receive_data(data or None)  # None (EOF) becomes a CloseConnection with code 1006
 
     async def _on_close(self, event: CloseConnection) -> None:
-        """The peer closed, broke the protocol (wsproto reports that as a close too) or went away."""
+        """The peer closed, broke the protocol (wsproto reports that as a close too) or went away.
+
+        A close the peer started waits for its pass of the link's close turnstile first, unless its bytes did
+        already (:meth:`_read`; the link is already over for its users: :meth:`_end` recorded why). Having waited
+        or sent the acknowledgement, this has been a schedule point, so the socket is then dropped without
+        another one: a close is the same number of task steps paced as it was unpaced.
+        """
+        checkpointed = False
         if self._end(event.code, event.reason or None):
-            # Not our close, nor a broken send: acknowledge it (a no-op after an EOF, which wsproto reports as 1006).
-            if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if self._close_turnstile is not None and not self._close_paced:
+                self._close_paced = True
+                await self._close_turnstile.pass_through()
+                checkpointed = True
+            # Not our close, nor a broken send: acknowledge it (a no-op after an EOF, which wsproto reports as 1006,
+            # or once another task dropped the socket meanwhile).
+            if self._state is LinkState.CLOSING and self._ws.state in (
+                ConnectionState.OPEN,
+                ConnectionState.REMOTE_CLOSING,
+            ):
                 try:
                     await self._send_event(event.response(), closing=True)
+                    checkpointed = True
                 except LinkClosed:
                     pass
-        await self._drop()
+        await self._drop(checkpoint=not checkpointed)
 
     async def _fail(self, code: int, reason: str) -> None:
         """End the link from our side because of what the peer sent: a close frame, then hang up."""
@@ -350,8 +396,9 @@ class WsLink:
                 return
             await self._read()
 
-    async def _drop(self) -> None:
-        """Close the socket (bounded, shielded); safe to call more than once."""
+    async def _drop(self, *, checkpoint: bool = True) -> None:
+        """Close the socket (bounded, shielded); safe to call more than once. ``checkpoint`` False: the caller has
+        just been through a schedule point, so a plain socket is closed without another (TLS still says goodbye)."""
         if self._state is LinkState.DROPPED:
             return
         self._state = LinkState.DROPPED  # (why stays as recorded; none if the link was still open)
@@ -360,7 +407,8 @@ class WsLink:
         if isinstance(stream, trio.SocketStream):
             # What SocketStream.aclose does (tasks blocked on the socket are woken), without a cancel scope.
             stream.socket.close()
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if checkpoint:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return
         with trio.move_on_after(CANCELLED_CLOSE_GRACE, shield=True):  # TLS: close_notify, bounded
             try:

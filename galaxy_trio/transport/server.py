@@ -12,7 +12,10 @@ thousands of connections arriving, or timing out, at the same instant would othe
 handshakes, request parses and 101s, each ~0.3-3 ms, into one pass of trio's scheduler, and every other client's
 frames would wait behind them (issue #15 item 3: a bystander's heartbeat p99 reached 0.4-0.6 s). A connection
 holds a turn only while the server works on it, never while it waits for its peer, so silent or slow peers cost
-no turn and cannot starve the others; ``handshake_deadline`` counts all the while, turn or no turn.
+no turn and cannot starve the others; ``handshake_deadline`` counts all the while, turn or no turn. The other end
+of a connection's life is paced the same way: its links share one :class:`._pacing.PassTurnstile`, so the server
+handles at most ``closes_per_pass`` of the closes its peers start in one scheduler pass (5,000 closing at once
+otherwise held every other client for 1.3 s).
 
 Until issue #16 this side ran on trio-websocket (h11 for the upgrade, a reader task and a channel per
 connection): ~1.7 ms of server CPU per constellation registration. Every failure the peer or the network can
@@ -38,6 +41,7 @@ from wsproto.utilities import generate_accept_token
 
 from ._errors import STREAM_ERRORS, ErrorTable, link_closed, map_exceptions
 from ._link import DEFAULT_MAX_FRAME
+from ._pacing import PassTurnstile
 from ._wslink import RECEIVE_BYTES, WsLink
 
 __all__ = [
@@ -56,6 +60,11 @@ logger = logging.getLogger("galaxy_trio.transport")
 #: hundred microseconds of the server's time and a TLS one a few milliseconds: at 8, a storm adds no more than
 #: ~10-25 ms to one scheduler pass, and a queue of upgrades still drains at hundreds a second.
 DEFAULT_MAX_CONCURRENT_HANDSHAKES: Final = 8
+
+#: How many closes its peers started the server handles per pass of trio's scheduler, by default (:mod:`._pacing`).
+#: One close is a few hundred microseconds of the server's time: at 16, a storm of closes adds no more than a few
+#: milliseconds to one pass, and thousands of closes still drain in a second or two.
+DEFAULT_CLOSES_PER_PASS: Final = 16
 
 #: The longest request head (request line and headers) accepted; h11's default bound is the same.
 MAX_REQUEST_HEAD: Final = 16 * 1024
@@ -239,7 +248,17 @@ class _HandshakeTurn(trio.abc.Stream):
 class LinkRequest:
     """An HTTP upgrade waiting for an answer: :meth:`accept` it, or :meth:`reject` it with an HTTP status."""
 
-    __slots__ = ("_answered", "_key", "_leftover", "_max_message_size", "_stream", "_turn", "remote", "target")
+    __slots__ = (
+        "_answered",
+        "_close_turnstile",
+        "_key",
+        "_leftover",
+        "_max_message_size",
+        "_stream",
+        "_turn",
+        "remote",
+        "target",
+    )
 
     def __init__(
         self,
@@ -249,9 +268,11 @@ class LinkRequest:
         remote: str,
         max_message_size: int,
         turn: _HandshakeTurn,
+        close_turnstile: PassTurnstile | None = None,
     ) -> None:
         self._stream = stream
         self._turn = turn
+        self._close_turnstile = close_turnstile
         self._key = upgrade.key
         self._leftover = leftover
         self._max_message_size = max_message_size
@@ -276,7 +297,7 @@ class LinkRequest:
             self._turn.finish()  # the upgrade is over: what follows is the handler's
         # Bytes the peer sent after its request (it should wait for the 101, but may not) are WebSocket bytes.
         ws = Connection(ConnectionType.SERVER, trailing_data=self._leftover)
-        return ServerLink(self._stream, ws, self._max_message_size)
+        return ServerLink(self._stream, ws, self._max_message_size, close_turnstile=self._close_turnstile)
 
     async def reject(self, status: int, body: bytes) -> None:
         """Answer with an HTTP error, then hang up. Raises :class:`LinkClosed` if the peer went away meanwhile.
@@ -331,7 +352,12 @@ class _HeadTooLarge(Exception):
 
 
 async def _upgrade(
-    stream: trio.abc.Stream, turn: _HandshakeTurn, max_message_size: int, remote: str, deadline: float
+    stream: trio.abc.Stream,
+    turn: _HandshakeTurn,
+    max_message_size: int,
+    remote: str,
+    deadline: float,
+    close_turnstile: PassTurnstile,
 ) -> LinkRequest | None:
     """Read and judge the upgrade request on ``stream`` within ``deadline``, taking ``turn``; a LinkRequest for
     the handler, or None when the request was refused here (answered) or the peer hung up or was too slow (socket
@@ -349,7 +375,7 @@ async def _upgrade(
                 return None
             verdict, leftover = check_upgrade_request(read[0]), read[1]
         if isinstance(verdict, UpgradeRequest):
-            return LinkRequest(stream, verdict, leftover, remote, max_message_size, turn)
+            return LinkRequest(stream, verdict, leftover, remote, max_message_size, turn, close_turnstile)
         logger.info("refused an upgrade from %s: %s (HTTP %d)", remote, verdict.why, verdict.status)
         try:
             await stream.send_all(error_response(verdict.status, verdict.why.encode() + b"\n", verdict.headers))
@@ -384,6 +410,7 @@ async def _serve_connection(
     max_message_size: int,
     handshake_deadline: float,
     turns: trio.CapacityLimiter,
+    close_turnstile: PassTurnstile,
     stream: trio.SocketStream,
 ) -> None:
     """One connection, from TCP accept to close. Nothing it raises (but Cancelled) reaches the listener.
@@ -402,7 +429,7 @@ async def _serve_connection(
             turn.tls = link_stream = tls
             if not await _tls_handshake(tls, handshake_deadline):
                 return
-        request = await _upgrade(link_stream, turn, max_message_size, remote, handshake_deadline)
+        request = await _upgrade(link_stream, turn, max_message_size, remote, handshake_deadline, close_turnstile)
         if request is not None:
             await handler(request)
     except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
@@ -449,6 +476,7 @@ async def serve_links(
     max_message_size: int = DEFAULT_MAX_FRAME,
     handshake_deadline: float,
     max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+    closes_per_pass: int = DEFAULT_CLOSES_PER_PASS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept WebSocket upgrades on ``host:port`` until cancelled; ``nursery.start`` returns the bound port.
@@ -456,13 +484,18 @@ async def serve_links(
     Each upgrade (TLS first, with ``ssl_context``) must arrive within ``handshake_deadline`` seconds; ``handler``
     then runs with its :class:`LinkRequest`. The server works on at most ``max_concurrent_handshakes`` upgrades
     at once, from the peer's first bytes to the handler's answer (module docstring); the others wait their turn,
-    their deadline running. ``max_message_size`` bounds one incoming message (a bigger one
+    their deadline running. Of the closes its peers start (a close frame, or the socket closed), the server handles
+    at most ``closes_per_pass`` in one scheduler pass (:mod:`._pacing`), so that a storm of closes does not stop
+    every other link for seconds. ``max_message_size`` bounds one incoming message (a bigger one
     closes the link with 1009). One connection's failure never stops the others or the listener.
     """
+    close_turnstile = PassTurnstile(closes_per_pass)  # (raises on a bound under 1, before anything listens)
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     turns = trio.CapacityLimiter(max_concurrent_handshakes)
-    serve = partial(_serve_connection, handler, ssl_context, max_message_size, handshake_deadline, turns)
+    serve = partial(
+        _serve_connection, handler, ssl_context, max_message_size, handshake_deadline, turns, close_turnstile
+    )
     # Connection tasks live in a nursery of their own, which outlives the listeners inside it.
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as nursery:

@@ -49,6 +49,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -60,8 +61,7 @@ import psutil
 import trio
 
 from galaxy_trio import ConstellationDeviceManager, DeviceConfig, DeviceStatus
-from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, open_fleet_member
-from galaxy_trio.fleet.redis import open_redis_registry
+from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, fair_share, open_fleet_member
 from galaxy_trio.manager import DeviceNotConnected, EventKind
 
 from ..faults.rig import Rig
@@ -268,6 +268,10 @@ class MemberProcess:
         self._baseline: float | None = None
 
     @property
+    def alive(self) -> bool:
+        return self._process is not None
+
+    @property
     def claims(self) -> set[str]:
         return self._book.held_by(self.member_id) if self.member_id is not None else set()
 
@@ -400,12 +404,15 @@ def _drivers_of(device_id: str, members: Sequence[FleetMember], process: MemberP
 async def _all_back(
     members: Sequence[FleetMember], process: MemberProcess, rig: Rig, leases: FleetRegistry, ids: Sequence[str]
 ) -> None:
-    """Until every device is driven by exactly one live member (IDLE or BUSY there), that member holds the device's
-    lease in Redis, and the server lists the device's registration."""
+    """Until every device is driven by exactly one live member (IDLE or BUSY there), no member drives more than its
+    fair share (so a member that just joined has had its part handed over), that member holds the device's lease in
+    Redis, and the server lists the device's registration."""
     expected = sorted(f"{TASK_NAME}@{d}" for d in ids)
     while True:
         drivers = [_drivers_of(d, members, process) for d in ids]
-        if all(len(found) == 1 for found in drivers) and rig.server.running:
+        share = fair_share(len(ids), len(members) + (process.member_id is not None and process.alive))
+        balanced = max(Counter(found[0] for found in drivers if found).values(), default=0) <= share
+        if balanced and all(len(found) == 1 for found in drivers) and rig.server.running:
             if rig.server.constellations() == expected:
                 try:
                     owners = await leases.owners(ids)
@@ -450,6 +457,8 @@ async def run_fleet_soak(
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("the fleet soak needs redis-server (apt-get install -y redis-server, or .ci/redis.sh)")
+    from galaxy_trio.fleet.redis import open_redis_registry  # needs the fleet extra (valkey-glide)
+
     report = FleetSoakReport(devices=devices, callers=callers, lease_ttl=lease_ttl)
     report.recovery_bound = lease_ttl + RECOVERY_BOUND
     rng = random.Random(seed)

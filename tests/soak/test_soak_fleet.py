@@ -25,11 +25,12 @@ async def test_sixty_seconds_of_fleet_faults_and_tasks_break_no_invariant() -> N
     pytest.importorskip(
         "glide", reason="the Redis client valkey-glide is not installed: pip install 'galaxy_trio[fleet]'"
     )
-    report = await run_fleet_soak(seconds=60.0, devices=12, callers=4, seed=15, fault_every=4.0)
+    report = await run_fleet_soak(seconds=60.0, devices=12, callers=4, seed=38, fault_every=4.0)
     figures = report.figures()
     assert report.violations() == [], figures
     assert sum(report.faults.values()) >= 8, figures  # the schedule really ran
-    assert report.faults["redis_restart"] >= 1 and report.faults["member_kill"] >= 1, figures  # fleet faults too
+    # Seed 38 draws every kind of fault within its first 8, Redis restarted 2nd and a member killed 5th.
+    assert report.faults["redis_restart"] >= 1 and report.faults["member_kill"] >= 1, figures
     assert report.faults["member_restart"] == report.faults["member_kill"], figures
     assert len(report.member_process) == 1 + report.faults["member_kill"], figures
     assert report.results_by_kind["completed"] >= 100, figures  # and so did the load

@@ -130,6 +130,11 @@ class FleetSoakReport(SoakReport):
             "overlaps": len(self.overlaps),
             "worst_overlap_s": round(self.worst_overlap, 3),
             "member_process": self.member_process,
+            # Every fault: what, when (seconds after the first one started), how long until all was back.
+            "timeline": [
+                (fault, round(started - self.fault_times[0][1], 1), round(seconds, 2))
+                for (fault, started, _), (_, seconds) in zip(self.fault_times, self.recoveries, strict=False)
+            ],
             "violations": self.violations(),
         }
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import random
 import shutil
 import signal
@@ -99,25 +100,50 @@ class FleetSoakReport(SoakReport):
     members: int = 3
     lease_ttl: float = 0.0
     overlap_slack: float = OVERLAP_SLACK
-    #: (device, member, member, seconds) of every overlap of two members' claims, however short.
-    overlaps: list[tuple[str, str, str, float]] = field(default_factory=list)
+    #: How often two members' claims on one device overlapped (however briefly), and the longest overlap (s).
+    overlaps: int = 0
+    worst_overlap: float = 0.0
+    #: (device, member, member, seconds) of the overlaps longer than ``overlap_slack`` (the first 100).
+    double_drives: list[tuple[str, str, str, float]] = field(default_factory=list)
     #: Per incarnation of member C: its id and (seconds since the soak's baseline, RSS MiB, fds) samples.
     member_process: list[dict[str, Any]] = field(default_factory=list)
-    #: (fault, started, ended) on the wall clock, in the order of ``recoveries``.
+    #: (fault, started, ended) on the wall clock, in the order of ``recoveries``; ``fault_starts`` gets each start
+    #: as the fault begins, ``latest_back`` the end of the last outage that began during each fault's turn.
     fault_times: list[tuple[str, float, float]] = field(default_factory=list)
+    fault_starts: list[float] = field(default_factory=list)
+    latest_back: list[float] = field(default_factory=list)
     #: How many times a device had no driver after the first fault, and the longest such time (seconds).
     outages: int = 0
     longest_outage: float = 0.0
 
-    @property
-    def worst_overlap(self) -> float:
-        return max((seconds for *_, seconds in self.overlaps), default=0.0)
+    def begin_fault(self, fault: str, at: float) -> None:
+        self.fault_starts.append(at)
+        self.latest_back.append(-math.inf)
+
+    def end_fault(self, fault: str, at: float) -> None:
+        self.fault_times.append((fault, self.fault_starts[-1], at))
+
+    def note_overlap(self, device_id: str, member_id: str, other: str, seconds: float) -> None:
+        self.overlaps += 1
+        self.worst_overlap = max(self.worst_overlap, seconds)
+        if seconds > self.overlap_slack and len(self.double_drives) < 100:
+            self.double_drives.append((device_id, member_id, other, seconds))
+
+    def note_outage(self, down: float, back: float) -> None:
+        """A device had no driver from ``down`` to ``back``: it counts for the fault during whose turn it began."""
+        index = bisect.bisect_right(self.fault_starts, down) - 1
+        if index < 0:
+            return  # before the first fault: the members joining and sharing out the devices
+        self.outages += 1
+        self.longest_outage = max(self.longest_outage, back - down)
+        self.latest_back[index] = max(self.latest_back[index], back)
 
     def violations(self) -> list[str]:
         found = super().violations()
-        double = [o for o in self.overlaps if o[3] > self.overlap_slack]
-        if double:
-            found.append(f"devices driven by two members at once (> {self.overlap_slack:g} s): {double[:10]}")
+        if self.double_drives:
+            found.append(
+                f"devices driven by two members at once (> {self.overlap_slack:g} s): {self.double_drives[:10]}"
+            )
         return found
 
     def figures(self) -> dict[str, Any]:
@@ -127,7 +153,7 @@ class FleetSoakReport(SoakReport):
             "lease_ttl_s": self.lease_ttl,
             "outages": self.outages,
             "longest_outage_s": round(self.longest_outage, 2),
-            "overlaps": len(self.overlaps),
+            "overlaps": self.overlaps,
             "worst_overlap_s": round(self.worst_overlap, 3),
             "member_process": self.member_process,
             # Every fault: what, when (seconds after the first one started), how long until all was back.
@@ -147,8 +173,6 @@ class ClaimBook:
         self._holders: dict[str, dict[str, float]] = {}  # device → member → since
         self._held: dict[str, set[str]] = {}  # member → devices
         self._down_since: dict[str, float] = {}  # device → when its last driver let go
-        #: (device, down at, back at) of every time a device had no driver, wall clock.
-        self.outages: list[tuple[str, float, float]] = []
 
     def held_by(self, member_id: str) -> set[str]:
         return self._held.setdefault(member_id, set())
@@ -160,7 +184,7 @@ class ClaimBook:
             self.held_by(member_id).add(device_id)
             down_since = self._down_since.pop(device_id, None)
             if down_since is not None:
-                self.outages.append((device_id, down_since, max(at, down_since)))
+                self._report.note_outage(down_since, max(at, down_since))
 
     def release(self, member_id: str, device_id: str, at: float) -> None:
         holders = self._holders.get(device_id, {})
@@ -169,7 +193,7 @@ class ClaimBook:
             return
         self.held_by(member_id).discard(device_id)
         for other, other_since in holders.items():
-            self._report.overlaps.append((device_id, member_id, other, max(0.0, at - max(since, other_since))))
+            self._report.note_overlap(device_id, member_id, other, max(0.0, at - max(since, other_since)))
         if not holders:
             self._down_since[device_id] = at
 
@@ -182,8 +206,8 @@ class ClaimBook:
 
     def close_outages(self, at: float) -> None:
         """End the run's outages still open at ``at`` (a device that never came back stays down until then)."""
-        for device_id, down_since in sorted(self._down_since.items()):
-            self.outages.append((device_id, down_since, at))
+        for down_since in self._down_since.values():
+            self._report.note_outage(down_since, at)
         self._down_since.clear()
 
     def finish(self, at: float) -> None:
@@ -428,24 +452,16 @@ async def _all_back(
         await trio.sleep(0.05)
 
 
-def attribute_outages(report: FleetSoakReport, outages: Sequence[tuple[str, float, float]]) -> None:
+def attribute_outages(report: FleetSoakReport) -> None:
     """Fold the devices' outages into the faults' recoveries: an outage that began after a fault started (and
     before the next one) is that fault's, and the fault has recovered when its last outage ended. This catches what
     the wait after a fault cannot: a device that drops *after* the wait saw everything back (a lease found gone at
     the next renewal after Redis came back empty, a cut link noticed a moment after the cut)."""
-    starts = [started for _, started, _ in report.fault_times]
-    latest: list[float] = [0.0] * len(starts)
-    for _, down, back in outages:
-        index = bisect.bisect_right(starts, down) - 1
-        if index >= 0:
-            latest[index] = max(latest[index], back - report.fault_times[index][2])
-    for index, late in enumerate(latest):
-        fault, waited = report.recoveries[index]
+    for index, ((fault, waited), (_, _, ended)) in enumerate(zip(report.recoveries, report.fault_times, strict=True)):
+        late = max(0.0, report.latest_back[index] - ended)
         if late > report.recovery_bound and waited <= report.recovery_bound:
             report.unrecovered.append(f"{fault} (a device down until {late:.1f} s after it)")
         report.recoveries[index] = (fault, max(waited, late))
-    report.outages = len(outages)
-    report.longest_outage = max((back - down for _, down, back in outages), default=0.0)
 
 
 async def run_fleet_soak(
@@ -496,9 +512,9 @@ async def run_fleet_soak(
         )
 
         async def inject(fault: str) -> None:
-            started_at = time.time()
+            report.begin_fault(fault, time.time())
             await inject_fleet_fault(fault)
-            report.fault_times.append((fault, started_at, time.time()))
+            report.end_fault(fault, time.time())
 
         async def inject_fleet_fault(fault: str) -> None:
             if fault == "redis_restart":
@@ -545,7 +561,7 @@ async def run_fleet_soak(
                 # Measured with everything still running, as the baseline was.
                 report.rss_end, report.fds_end = process_usage()
                 book.close_outages(time.time())
-                attribute_outages(report, book.outages)
+                attribute_outages(report)
                 # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.
                 load.cancel_scope.cancel()
             await process.stop()

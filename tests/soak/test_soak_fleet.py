@@ -47,22 +47,28 @@ def test_two_members_claiming_one_device_longer_than_the_slack_is_a_violation() 
     book.claim("a", "d2", 100.0)
     book.set_claims("c", {"d2"}, 101.0)  # c drives d2 while a still does, for 2 s
     book.finish(103.0)
-    assert [(d, round(s, 3)) for d, _, _, s in report.overlaps] == [("d1", 0.1), ("d2", 2.0)]
+    assert report.overlaps == 2 and report.worst_overlap == pytest.approx(2.0)
+    assert [(d, round(s, 3)) for d, _, _, s in report.double_drives] == [("d2", 2.0)]
     (violation,) = report.violations()
     assert "driven by two members at once" in violation and "'d2'" in violation and "'d1'" not in violation
 
 
 def test_an_outage_counts_for_the_fault_it_began_after_even_when_it_ends_after_the_wait() -> None:
     report = FleetSoakReport(recovery_bound=15.0)
-    report.fault_times = [("redis_restart", 10.0, 11.0), ("cut", 20.0, 20.0)]
-    report.recoveries = [("redis_restart", 0.0), ("cut", 0.1)]  # what the wait right after each fault saw
     book = ClaimBook(report)
     book.claim("a", "d1", 5.0)
+    book.release("a", "d1", 6.0)  # before the first fault: not counted
+    book.claim("a", "d1", 6.5)
+    report.begin_fault("redis_restart", 10.0)
+    report.end_fault("redis_restart", 11.0)
     book.release("a", "d1", 12.0)  # dropped at the first renewal after Redis came back empty
     book.claim("b", "d1", 13.5)
+    report.begin_fault("cut", 20.0)
+    report.end_fault("cut", 20.0)
     book.release("b", "d1", 20.5)
     book.claim("b", "d1", 40.0)  # back 20 s after the cut: over the bound
-    attribute_outages(report, book.outages)
+    report.recoveries = [("redis_restart", 0.0), ("cut", 0.1)]  # what the wait right after each fault saw
+    attribute_outages(report)
     assert report.recoveries == [("redis_restart", 2.5), ("cut", 20.0)]
     assert report.unrecovered == ["cut (a device down until 20.0 s after it)"]
     assert report.outages == 2 and report.longest_outage == pytest.approx(19.5)

@@ -18,6 +18,14 @@ from .fleet_engine import FLEET_FAULTS, ClaimBook, FleetSoakReport, attribute_ou
 NO_GLIDE = "the Redis client valkey-glide is not installed: pip install 'galaxy_trio[fleet]'"
 
 
+def require_fleet() -> None:
+    """Skip (saying why) without redis-server or the glide client; ``.ci/redis.sh`` and the ``fleet`` extra install
+    them in CI."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (run .ci/redis.sh, or: apt-get install -y redis-server)")
+    pytest.importorskip("glide", reason=NO_GLIDE)
+
+
 @pytest.mark.slow
 async def test_sixty_seconds_of_fleet_faults_and_tasks_break_no_invariant() -> None:
     if shutil.which("redis-server") is None:

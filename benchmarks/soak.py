@@ -1,9 +1,13 @@
 """The chaos soak (issue 15, item 2) for as long as you like: ``tests/soak/engine.py`` with the figures printed.
 
     python benchmarks/soak.py [--minutes 20] [--devices 50] [--callers 8] [--seed 1] [--fault-every 4] [--out FILE]
+    python benchmarks/soak.py --fleet [--lease-ttl 3] [...]
 
 Everything (AIP server, fault proxy, device agents, the manager and its callers) runs in this one process on the
-real clock, so RSS and descriptors are the process's. The exit status is 1 when an invariant broke (the
+real clock, so RSS and descriptors are the process's. With ``--fleet``, ``tests/soak/fleet_engine.py``: three
+fleet members on a redis-server this script starts (two in this process, carrying the callers; one in a process of
+its own, SIGKILLed and started again), with Redis restarts and member kills added to the faults; the member
+process's RSS and descriptors are reported per incarnation. The exit status is 1 when an invariant broke (the
 violations are printed), never because of a timing.
 """
 
@@ -17,7 +21,8 @@ from collections.abc import Sequence
 import _common
 import trio
 
-from tests.soak.engine import run_soak
+from tests.soak.engine import SoakReport, run_soak
+from tests.soak.fleet_engine import run_fleet_soak
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -28,22 +33,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load")
     parser.add_argument("--fault-every", type=float, default=4.0, help="mean seconds between faults")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of load before the RSS/fd baseline")
+    parser.add_argument("--fleet", action="store_true", help="three members on Redis (tests/soak/fleet_engine.py)")
+    parser.add_argument("--lease-ttl", type=float, default=3.0, help="--fleet: the members' lease TTL (default 3)")
     _common.add_out_argument(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = trio.run(
-        lambda: run_soak(
-            seconds=60 * args.minutes,
-            devices=args.devices,
-            callers=args.callers,
-            seed=args.seed,
-            fault_every=args.fault_every,
-            warmup=args.warmup,
-        )
-    )
+    common = {
+        "seconds": 60 * args.minutes,
+        "devices": args.devices,
+        "callers": args.callers,
+        "seed": args.seed,
+        "fault_every": args.fault_every,
+        "warmup": args.warmup,
+    }
+    if args.fleet:
+        report: SoakReport = trio.run(lambda: run_fleet_soak(**common, lease_ttl=args.lease_ttl))
+    else:
+        report = trio.run(lambda: run_soak(**common))
     figures = {"environment": _common.environment(), **report.figures()}
     print(json.dumps(figures, indent=2))
     if args.out is not None:

@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -54,6 +54,16 @@ MANAGER_SETTINGS: dict[str, float] = {
     "task_timeout": 30.0,
 }
 
+#: Within how long every device must be back after a fault: detection (heartbeat interval + timeout, or a
+#: connect/register timeout) + backoff cap + a few seconds (12 s).
+RECOVERY_BOUND: float = (
+    MANAGER_SETTINGS["heartbeat_interval"]
+    + MANAGER_SETTINGS["heartbeat_timeout"]
+    + MANAGER_SETTINGS["connect_timeout"]
+    + MANAGER_SETTINGS["backoff_cap"]
+    + 5.0
+)
+
 
 @dataclass
 class SoakReport:
@@ -67,6 +77,9 @@ class SoakReport:
     cut_short: int = 0
     callers: int = 0
     results_by_kind: Counter[str] = field(default_factory=Counter)
+    #: Documented refusals (fleet mode: RegistryUnavailable, DeviceNotConnected), by type: an outcome, not an error.
+    refusals: Counter[str] = field(default_factory=Counter)
+    #: Any other exception out of a call: each one is a violation.
     raised: list[str] = field(default_factory=list)
     #: Per caller, one byte per task (its n-th call at index n): how often the device ran it. Constant-size
     #: bookkeeping, so that the soak's own records do not show up as RSS drift.
@@ -90,6 +103,12 @@ class SoakReport:
     def worst_recovery(self) -> float:
         return max((seconds for _, seconds in self.recoveries), default=0.0)
 
+    def worst_recovery_by_fault(self) -> dict[str, float]:
+        worst: dict[str, float] = {}
+        for fault, seconds in self.recoveries:
+            worst[fault] = round(max(worst.get(fault, 0.0), seconds), 2)
+        return dict(sorted(worst.items()))
+
     @property
     def rss_drift(self) -> float:
         return (self.rss_end - self.rss_warm) / self.rss_warm if self.rss_warm else math.nan
@@ -100,8 +119,12 @@ class SoakReport:
 
     def violations(self) -> list[str]:
         found = []
-        if self.results + self.cut_short != self.calls or self.cut_short > self.callers:
-            found.append(f"{self.calls} calls but {self.results} results ({self.cut_short} cut short at the end)")
+        ended = self.results + sum(self.refusals.values()) + len(self.raised) + self.cut_short
+        if ended != self.calls or self.cut_short > self.callers:
+            found.append(
+                f"{self.calls} calls but {self.results} results, {sum(self.refusals.values())} refusals, "
+                f"{len(self.raised)} raised ({self.cut_short} cut short at the end)"
+            )
         found += [f"a call raised: {text}" for text in self.raised]
         twice = [f"c{c}-{n}" for c, runs in self.executions.items() for n, k in enumerate(runs) if k > 1]
         if twice:
@@ -129,10 +152,12 @@ class SoakReport:
             "results": self.results,
             "cut_short_at_end": self.cut_short,
             "results_by_kind": dict(self.results_by_kind),
+            "refusals": dict(self.refusals),
             "executions": sum(sum(runs) for runs in self.executions.values()),
             "faults": dict(self.faults),
             "faults_total": sum(self.faults.values()),
             "worst_recovery_s": round(self.worst_recovery, 2),
+            "worst_recovery_by_fault_s": self.worst_recovery_by_fault(),
             "recovery_bound_s": self.recovery_bound,
             "rss_warm_mib": round(self.rss_warm / (1 << 20), 1),
             "rss_end_mib": round(self.rss_end / (1 << 20), 1),
@@ -163,7 +188,7 @@ def _parse(token: str) -> tuple[int, int]:
     return int(caller), int(n)
 
 
-class _Workload:
+class Workload:
     """The devices' ``work`` tool and its bookkeeping, shared by every incarnation of every agent."""
 
     def __init__(self, report: SoakReport) -> None:
@@ -186,10 +211,10 @@ class _Workload:
         return work
 
 
-class _Agent:
+class SoakAgent:
     """One device agent in a cancel scope of its own, with the soak's tools."""
 
-    def __init__(self, device_id: str, url: str, workload: _Workload) -> None:
+    def __init__(self, device_id: str, url: str, workload: Workload) -> None:
         self.device_id = device_id
         self._url = url
         self._workload = workload
@@ -222,7 +247,7 @@ class _Agent:
             self._scope = None
 
 
-def _usage() -> tuple[int, int]:
+def process_usage() -> tuple[int, int]:
     process = psutil.Process()
     return int(process.memory_info().rss), process.num_fds()
 
@@ -236,10 +261,20 @@ async def _all_back(manager: ConstellationDeviceManager, ids: list[str]) -> None
         await trio.sleep(0.05)
 
 
-async def _caller(
-    number: int, manager: ConstellationDeviceManager, ids: list[str], rng: random.Random, report: SoakReport
+#: How a caller starts one task: ``assign(task_id, device_id, request)``, a manager's or a fleet member's method.
+Assign = Callable[[str, str, str], Awaitable[TaskResult]]
+
+
+async def run_caller(
+    number: int,
+    assign: Assign,
+    ids: list[str],
+    rng: random.Random,
+    report: SoakReport,
+    refusals: tuple[type[Exception], ...] = (),
 ) -> None:
-    """Tasks one after another on random devices until cancelled; each call must return one TaskResult."""
+    """Tasks one after another on random devices until cancelled. Each call must end in one TaskResult, or in one
+    of the documented ``refusals`` (counted by type); any other exception is a violation."""
     n = 0
     while True:
         n += 1
@@ -248,15 +283,19 @@ async def _caller(
         request = json.dumps({"tool_name": "work", "parameters": {"token": token, "ms": rng.randint(0, 200)}})
         report.calls += 1
         try:
-            result = await manager.assign_task_to_device(token, device_id, request)
-        except trio.Cancelled:
-            report.cut_short += 1
-            raise
-        except Exception as exc:  # a refusal (device not connected) is an outcome too, but must not be an error
-            report.raised.append(f"{type(exc).__name__}: {exc}"[:300])
-            report.results += 1
+            result = await assign(token, device_id, request)
+        except refusals as exc:
+            report.refusals[type(exc).__name__] += 1
             await trio.sleep(0.1)
             continue
+        except Exception as exc:
+            report.raised.append(f"{type(exc).__name__}: {exc}"[:300])
+            await trio.sleep(0.1)
+            continue
+        except BaseException:
+            # Cancelled with the load — bare, or in a group of Cancelled when it crossed a nursery inside the call.
+            report.cut_short += 1
+            raise
         report.results += 1
         assert isinstance(result, TaskResult)
         report.results_by_kind[result.status if result.ok else f"failed/{result.error_type}"] += 1
@@ -265,8 +304,10 @@ async def _caller(
         await trio.sleep(rng.uniform(0.0, 0.05))
 
 
-async def _inject(fault: str, rig: Rig, agents: list[_Agent], rng: random.Random, nursery: trio.Nursery) -> None:
-    """Inject one fault and undo it (an agent or the server restarted, the proxy restored)."""
+async def inject_rig_fault(
+    fault: str, *, rig: Rig, agents: list[SoakAgent], rng: random.Random, nursery: trio.Nursery
+) -> None:
+    """Inject one of :data:`FAULTS` and undo it (an agent or the server restarted, the proxy restored)."""
     proxy = rig.fault_proxy
     if fault == "agent_restart":
         agent = rng.choice(agents)
@@ -290,6 +331,57 @@ async def _inject(fault: str, rig: Rig, agents: list[_Agent], rng: random.Random
         proxy.release_handshakes()
 
 
+async def run_schedule(
+    report: SoakReport,
+    rng: random.Random,
+    *,
+    seconds: float,
+    warmup: float,
+    fault_every: float,
+    faults: Sequence[str],
+    inject: Callable[[str], Awaitable[None]],
+    all_back: Callable[[], Awaitable[None]],
+    on_sample: Callable[[float], None] | None = None,
+    on_baseline: Callable[[], None] | None = None,
+    follow_ups: Mapping[str, str] | None = None,
+) -> None:
+    """The fault loop, with the load already running: ``warmup`` seconds, the RSS/fd baseline, then a fault every
+    ``fault_every`` seconds (±50 %) for ``seconds``, each followed by the wait until ``all_back()`` returns —
+    within ``report.recovery_bound``, or it is a violation (and the soak carries on once it is back, for 60 s at
+    most). A sample of RSS and descriptors every 30 s (``on_baseline`` and ``on_sample`` let other processes be
+    sampled along). A fault in ``follow_ups`` is followed, once everything is back, by the fault it names (its
+    own recovery measured from its own end): a member killed, then started again."""
+    await trio.sleep(warmup)
+    report.rss_warm, report.fds_warm = process_usage()
+    baseline_at = trio.current_time()
+    if on_baseline is not None:
+        on_baseline()
+    deadline = baseline_at + seconds
+    next_sample = baseline_at + 30.0
+    while trio.current_time() < deadline:
+        if trio.current_time() >= next_sample:
+            elapsed = round(trio.current_time() - baseline_at)
+            rss, fds = process_usage()
+            report.samples.append((elapsed, round(rss / (1 << 20), 1), fds))
+            if on_sample is not None:
+                on_sample(elapsed)
+            next_sample += 30.0
+        await trio.sleep(rng.uniform(0.5, 1.5) * fault_every)
+        fault: str | None = rng.choice(faults)
+        while fault is not None:
+            report.faults[fault] += 1
+            await inject(fault)
+            ended = trio.current_time()
+            with trio.move_on_after(report.recovery_bound) as waiting:
+                await all_back()
+            if waiting.cancelled_caught:
+                report.unrecovered.append(fault)
+                with trio.move_on_after(60):
+                    await all_back()  # carry on from a clean state
+            report.recoveries.append((fault, trio.current_time() - ended))
+            fault = (follow_ups or {}).get(fault)
+
+
 async def run_soak(
     *, seconds: float, devices: int = 20, callers: int = 4, seed: int = 1, fault_every: float = 4.0, warmup: float = 5.0
 ) -> SoakReport:
@@ -297,19 +389,12 @@ async def run_soak(
     report = SoakReport(devices=devices, callers=callers)
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
-    # Detection (heartbeat interval + timeout, or a connect/register timeout) + backoff cap + a few seconds.
-    report.recovery_bound = (
-        MANAGER_SETTINGS["heartbeat_interval"]
-        + MANAGER_SETTINGS["heartbeat_timeout"]
-        + MANAGER_SETTINGS["connect_timeout"]
-        + MANAGER_SETTINGS["backoff_cap"]
-        + 5.0
-    )
-    workload = _Workload(report)
+    report.recovery_bound = RECOVERY_BOUND
+    workload = Workload(report)
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
         rig = await Rig(nursery).start()
-        agents = [_Agent(device_id, rig.server.url, workload) for device_id in ids]
+        agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
         for agent in agents:
             await agent.start(nursery)
         async with ConstellationDeviceManager(task_name="soak", **MANAGER_SETTINGS) as manager:  # type: ignore[arg-type]
@@ -318,34 +403,22 @@ async def run_soak(
                 with trio.fail_after(60):
                     await _all_back(manager, ids)
                 for number in range(callers):
-                    load.start_soon(_caller, number, manager, ids, random.Random(rng.random()), report)
-                await trio.sleep(warmup)
-                report.rss_warm, report.fds_warm = _usage()
-                baseline_at = trio.current_time()
-                deadline = baseline_at + seconds
-                next_sample = baseline_at + 30.0
-                while trio.current_time() < deadline:
-                    if trio.current_time() >= next_sample:
-                        rss, fds = _usage()
-                        report.samples.append(
-                            (round(trio.current_time() - baseline_at), round(rss / (1 << 20), 1), fds)
-                        )
-                        next_sample += 30.0
-                    await trio.sleep(rng.uniform(0.5, 1.5) * fault_every)
-                    fault = rng.choice(FAULTS)
-                    report.faults[fault] += 1
-                    await _inject(fault, rig, agents, rng, nursery)
-                    ended = trio.current_time()
-                    with trio.move_on_after(report.recovery_bound) as waiting:
-                        await _all_back(manager, ids)
-                    if waiting.cancelled_caught:
-                        report.unrecovered.append(fault)
-                        with trio.move_on_after(60):
-                            await _all_back(manager, ids)  # carry on from a clean state
-                    report.recoveries.append((fault, trio.current_time() - ended))
+                    load.start_soon(
+                        run_caller, number, manager.assign_task_to_device, ids, random.Random(rng.random()), report
+                    )
+                await run_schedule(
+                    report,
+                    rng,
+                    seconds=seconds,
+                    warmup=warmup,
+                    fault_every=fault_every,
+                    faults=FAULTS,
+                    inject=partial(inject_rig_fault, rig=rig, agents=agents, rng=rng, nursery=nursery),
+                    all_back=partial(_all_back, manager, ids),
+                )
                 # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.
                 load.cancel_scope.cancel()
-            report.rss_end, report.fds_end = _usage()
+            report.rss_end, report.fds_end = process_usage()
         for agent in agents:
             agent.kill()
         nursery.cancel_scope.cancel()

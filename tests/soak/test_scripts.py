@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_soak_fleet import require_fleet
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,3 +53,19 @@ def test_soak_runs_and_reports_no_violation(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["violations"] == []
     assert figures["calls"] == figures["results"] + figures["cut_short_at_end"] > 0
+
+
+@pytest.mark.slow
+def test_soak_in_fleet_mode_runs_and_reports_no_violation(tmp_path: Path) -> None:
+    require_fleet()
+    out = tmp_path / "soak.json"
+    done = _run(
+        "soak.py", "--fleet", "--minutes", "0.1", "--devices", "3", "--callers", "2", "--warmup", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["violations"] == []
+    assert figures["members"] == 3 and figures["lease_ttl_s"] == 3.0
+    assert figures["calls"] == figures["results"] + sum(figures["refusals"].values()) + figures["cut_short_at_end"] > 0
+    assert len(figures["timeline"]) == figures["faults_total"] > 0

@@ -1,0 +1,577 @@
+"""The chaos soak in fleet mode (issue 15, item 2): three fleet members on one Redis share the devices, under the
+single-manager soak's load and faults plus two of fleet mode's own — Redis restarted, a member killed.
+
+    member A ─┐  (in this process; they carry the callers)
+    member B ─┼─ws─▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (tests/faults/rig.py)
+    member C ─┘  (tests/soak/member_process.py, a process of its own: SIGKILLed and started again)
+        └──────── all three on one redis-server (a process this soak starts, kills and starts again)
+
+Reused from :mod:`.engine`: the devices' ``work`` tool and its exact records, the agents, the callers, the fault
+loop, the five rig faults. Added here:
+
+- **Redis restarted**: redis-server SIGKILLed and started again on the same port with no persistence, so the fleet
+  finds it *empty* (no catalog, no task_name, no leases, no members, no mailboxes): the harsher case. (Redis cannot
+  go through the fault proxy, which scans for HTTP heads.)
+- **A member killed**: member C's process SIGKILLed (no lease released, its sockets closed by the kernel); its
+  recovery is the takeover, measured from the kill. Then, as a fault of its own (``member_restart``), a new
+  incarnation under a new member id: the survivors hand devices back to it. (Cancelling an in-process member
+  would run its cleanup, which hands its leases back: a polite leave, not a kill.)
+
+Invariants, on top of the single-manager soak's (one outcome per call, no task run twice, none overlapping, nothing
+left at exit, RSS and descriptors of this process):
+
+- a call ends in one ``TaskResult`` or one of the documented refusals — :class:`RegistryUnavailable` (the device
+  is another member's and Redis does not answer), :class:`DeviceNotConnected` (its owner holds the lease but has
+  not connected it yet) — counted by type; any other exception is a violation;
+- **at most one member drives a device at any moment**, observed at the members: each one's registered links
+  (IDLE or BUSY), from its manager's STATUS events with their wall-clock time (C reports them on stdout). Two
+  members' claims on one device may overlap only by the time the server's verdict takes to reach the old driver
+  (the server unregisters a link before its close reaches the manager): at most :data:`OVERLAP_SLACK`, every overlap
+  is measured and the worst one reported. The server cannot be the judge here: every member registers the same
+  client id ``<task_name>@<device_id>`` and the server refuses a second REGISTER, so its count per device id is at
+  most one by construction; it is the cross-check instead — a device is back only once the server lists its
+  registration too;
+- after each fault, every device is driven by exactly one live member, IDLE or BUSY, that member holds its lease
+  in Redis, and the server lists its registration — within the lease TTL + the single-manager bound (a dead
+  member's devices wait for its leases to expire). Measured twice: the wait right after the fault, and each
+  device's outages (no driver) that began after the fault, which also catch a device that drops only later.
+
+:func:`run_fleet_soak` returns a :class:`FleetSoakReport`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from galaxy_trio import ConstellationDeviceManager, DeviceConfig, DeviceStatus
+from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, fair_share, open_fleet_member
+from galaxy_trio.manager import DeviceNotConnected, EventKind
+
+from ..faults.rig import Rig
+from ..net import free_port
+from .engine import (
+    FAULTS,
+    MANAGER_SETTINGS,
+    RECOVERY_BOUND,
+    SoakAgent,
+    SoakReport,
+    Workload,
+    inject_rig_fault,
+    process_usage,
+    run_caller,
+    run_schedule,
+)
+
+FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill")
+#: What a fleet caller may be told instead of a TaskResult (see the module docstring).
+REFUSALS: tuple[type[Exception], ...] = (RegistryUnavailable, DeviceNotConnected)
+TASK_NAME = "soak"
+NAMESPACE = "soak"
+IN_PROCESS_MEMBERS = ("soak-a", "soak-b")
+REGISTERED = (DeviceStatus.IDLE, DeviceStatus.BUSY)
+#: How long two members' claims on one device may overlap (seconds): the old driver learns that its link is over
+#: a round trip after the server does, and the new one may register in between.
+OVERLAP_SLACK = 0.5
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class FleetSoakReport(SoakReport):
+    """A :class:`SoakReport` plus what only fleet mode has: members' overlapping claims, the member process."""
+
+    members: int = 3
+    lease_ttl: float = 0.0
+    overlap_slack: float = OVERLAP_SLACK
+    #: How often two members' claims on one device overlapped (however briefly), and the longest overlap (s).
+    overlaps: int = 0
+    worst_overlap: float = 0.0
+    #: (device, member, member, seconds) of the overlaps longer than ``overlap_slack`` (the first 100).
+    double_drives: list[tuple[str, str, str, float]] = field(default_factory=list)
+    #: Per incarnation of member C: its id and (seconds since the soak's baseline, RSS MiB, fds) samples.
+    member_process: list[dict[str, Any]] = field(default_factory=list)
+    #: (fault, started, ended) on the wall clock, in the order of ``recoveries``; ``fault_starts`` gets each start
+    #: as the fault begins, ``latest_back`` the end of the last outage that began during each fault's turn.
+    fault_times: list[tuple[str, float, float]] = field(default_factory=list)
+    fault_starts: list[float] = field(default_factory=list)
+    latest_back: list[float] = field(default_factory=list)
+    #: How many times a device had no driver after the first fault, and the longest such time (seconds).
+    outages: int = 0
+    longest_outage: float = 0.0
+
+    def begin_fault(self, fault: str, at: float) -> None:
+        self.fault_starts.append(at)
+        self.latest_back.append(-math.inf)
+
+    def end_fault(self, fault: str, at: float) -> None:
+        self.fault_times.append((fault, self.fault_starts[-1], at))
+
+    def note_overlap(self, device_id: str, member_id: str, other: str, seconds: float) -> None:
+        self.overlaps += 1
+        self.worst_overlap = max(self.worst_overlap, seconds)
+        if seconds > self.overlap_slack and len(self.double_drives) < 100:
+            self.double_drives.append((device_id, member_id, other, seconds))
+
+    def note_outage(self, down: float, back: float) -> None:
+        """A device had no driver from ``down`` to ``back``: it counts for the fault during whose turn it began."""
+        index = bisect.bisect_right(self.fault_starts, down) - 1
+        if index < 0:
+            return  # before the first fault: the members joining and sharing out the devices
+        self.outages += 1
+        self.longest_outage = max(self.longest_outage, back - down)
+        self.latest_back[index] = max(self.latest_back[index], back)
+
+    def violations(self) -> list[str]:
+        found = super().violations()
+        if self.double_drives:
+            found.append(
+                f"devices driven by two members at once (> {self.overlap_slack:g} s): {self.double_drives[:10]}"
+            )
+        return found
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            **super().figures(),
+            "members": self.members,
+            "lease_ttl_s": self.lease_ttl,
+            "outages": self.outages,
+            "longest_outage_s": round(self.longest_outage, 2),
+            "overlaps": self.overlaps,
+            "worst_overlap_s": round(self.worst_overlap, 3),
+            "member_process": self.member_process,
+            # Every fault: what, when (seconds after the first one started), how long until all was back.
+            "timeline": [
+                (fault, round(started - self.fault_times[0][1], 1), round(seconds, 2))
+                for (fault, started, _), (_, seconds) in zip(self.fault_times, self.recoveries, strict=False)
+            ],
+            "violations": self.violations(),
+        }
+
+
+class ClaimBook:
+    """Which members hold a registered link to which device, since when (wall clock); measures every overlap."""
+
+    def __init__(self, report: FleetSoakReport) -> None:
+        self._report = report
+        self._holders: dict[str, dict[str, float]] = {}  # device → member → since
+        self._held: dict[str, set[str]] = {}  # member → devices
+        self._down_since: dict[str, float] = {}  # device → when its last driver let go
+
+    def held_by(self, member_id: str) -> set[str]:
+        return self._held.setdefault(member_id, set())
+
+    def claim(self, member_id: str, device_id: str, at: float) -> None:
+        holders = self._holders.setdefault(device_id, {})
+        if member_id not in holders:
+            holders[member_id] = at
+            self.held_by(member_id).add(device_id)
+            down_since = self._down_since.pop(device_id, None)
+            if down_since is not None:
+                self._report.note_outage(down_since, max(at, down_since))
+
+    def release(self, member_id: str, device_id: str, at: float) -> None:
+        holders = self._holders.get(device_id, {})
+        since = holders.pop(member_id, None)
+        if since is None:
+            return
+        self.held_by(member_id).discard(device_id)
+        for other, other_since in holders.items():
+            self._report.note_overlap(device_id, member_id, other, max(0.0, at - max(since, other_since)))
+        if not holders:
+            self._down_since[device_id] = at
+
+    def set_claims(self, member_id: str, devices: set[str], at: float) -> None:
+        held = self.held_by(member_id)
+        for device_id in sorted(held - devices):
+            self.release(member_id, device_id, at)
+        for device_id in sorted(devices - held):
+            self.claim(member_id, device_id, at)
+
+    def close_outages(self, at: float) -> None:
+        """End the run's outages still open at ``at`` (a device that never came back stays down until then)."""
+        for down_since in self._down_since.values():
+            self._report.note_outage(down_since, at)
+        self._down_since.clear()
+
+    def finish(self, at: float) -> None:
+        """Close every claim still open (the end of the run), measuring the overlaps that never ended."""
+        for member_id, held in self._held.items():
+            for device_id in sorted(held):
+                self.release(member_id, device_id, at)
+        self._down_since.clear()
+
+
+async def watch_member(
+    member_id: str, manager: ConstellationDeviceManager, book: ClaimBook, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Feed ``book`` with one in-process member's claims, from its manager's STATUS events."""
+    with manager.subscribe(1 << 16) as events:
+        task_status.started()
+        dropped = 0
+        async for event in events:
+            if events.dropped != dropped:
+                dropped = events.dropped
+                states = manager.get_all_device_states().items()
+                book.set_claims(member_id, {d for d, s in states if s.status in REGISTERED}, time.time())
+            elif event.kind is EventKind.STATUS and event.new_status is not None:
+                if event.new_status in REGISTERED:
+                    book.claim(member_id, event.device_id, event.at)
+                else:
+                    book.release(member_id, event.device_id, event.at)
+
+
+class RedisProcess:
+    """A redis-server without persistence on a fixed loopback port: started, SIGKILLed, started again."""
+
+    def __init__(self, binary: str, nursery: trio.Nursery) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.starts = 0
+        self._nursery = nursery
+        self._process: trio.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--daemonize", "no", "--loglevel", "notice"]
+        self._process = process = await trio.lowlevel.open_process(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        assert process.stdout is not None
+        log = b""
+        with trio.fail_after(30):
+            while b"Ready to accept connections" not in log:
+                chunk = await process.stdout.receive_some(65536)
+                if not chunk:
+                    raise RuntimeError(f"redis-server exited on port {self.port}: {log.decode(errors='replace')}")
+                log += chunk
+        self._nursery.start_soon(_drain, process.stdout, name="redis-log")
+        self.starts += 1
+
+    async def kill(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            await process.wait()
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    """Read a child's output until it ends (so that it never blocks on a full pipe)."""
+    async with stream:
+        while await stream.receive_some(65536):
+            pass
+
+
+class MemberProcess:
+    """Member C: ``member_process.py`` in a child process, one incarnation (and member id) per start."""
+
+    def __init__(self, config: dict[str, Any], book: ClaimBook, report: FleetSoakReport, nursery: trio.Nursery):
+        self._config = config
+        self._book = book
+        self._report = report
+        self._nursery = nursery
+        self.incarnation = 0
+        self.member_id: str | None = None
+        self._process: trio.Process | None = None
+        self._read_all: trio.Event | None = None
+        self._baseline: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None
+
+    @property
+    def claims(self) -> set[str]:
+        return self._book.held_by(self.member_id) if self.member_id is not None else set()
+
+    def set_baseline(self) -> None:
+        self._baseline = trio.current_time()
+
+    async def start(self) -> None:
+        self.incarnation += 1
+        self.member_id = member_id = f"soak-c{self.incarnation}"
+        config = {**self._config, "member_id": member_id}
+        command = [sys.executable, "-m", "tests.soak.member_process", json.dumps(config)]
+        self._process = process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, cwd=REPO_ROOT)
+        self._report.member_process.append({"member_id": member_id, "pid": process.pid, "samples": []})
+        self._read_all = read_all = trio.Event()
+        with trio.fail_after(60):
+            await self._nursery.start(self._read, process, member_id, read_all, name=f"member-stdout:{member_id}")
+        self.sample()
+
+    async def _read(
+        self, process: trio.Process, member_id: str, read_all: trio.Event, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        assert process.stdout is not None
+        pending = b""
+        started = False
+        try:
+            async with process.stdout:
+                while chunk := await process.stdout.receive_some(65536):
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        word, _, rest = line.decode().partition(" ")
+                        if word == "ready" and not started:
+                            started = True
+                            task_status.started()
+                        elif word == "claims":
+                            at, _, devices = rest.partition(" ")
+                            self._book.set_claims(member_id, set(json.loads(devices)), float(at))
+            if not started:
+                raise RuntimeError(f"member process {member_id} exited before joining: {process.returncode}")
+        finally:
+            read_all.set()
+
+    def sample(self) -> None:
+        """One RSS/fd sample of the live incarnation (seconds since the soak's baseline, or -1 before it)."""
+        if self._process is None:
+            return
+        try:
+            child = psutil.Process(self._process.pid)
+            rss, fds = child.memory_info().rss, child.num_fds()
+        except psutil.Error:
+            return
+        at = -1 if self._baseline is None else round(trio.current_time() - self._baseline)
+        self._report.member_process[-1]["samples"].append((at, round(rss / (1 << 20), 1), fds))
+
+    async def kill(self) -> None:
+        """SIGKILL: its links close with the process (the kernel closes the sockets), its leases stay until they
+        expire. Every claim it reported before the kill is read before its claims are closed at the kill."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._sample_of(process)
+        killed_at = time.time()
+        process.kill()
+        await process.wait()
+        await self._wait_read()
+        assert self.member_id is not None
+        self._book.set_claims(self.member_id, set(), killed_at)
+
+    def _sample_of(self, process: trio.Process) -> None:
+        self._process = process
+        self.sample()
+        self._process = None
+
+    async def stop(self) -> None:
+        """SIGTERM: the member leaves the fleet gracefully (SIGKILL if it has not exited within 30 s)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._sample_of(process)
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(30):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await self._wait_read()
+        assert self.member_id is not None
+        self._book.set_claims(self.member_id, set(), time.time())
+
+    async def _wait_read(self) -> None:
+        if self._read_all is not None:
+            await self._read_all.wait()
+
+
+@asynccontextmanager
+async def open_members(
+    redis_url: str, configs: Sequence[DeviceConfig], lease_ttl: float, book: ClaimBook
+) -> AsyncIterator[list[FleetMember]]:
+    """Members A and B in this process, each with a manager of its own and its claims watched; they leave (hand
+    their devices back) when the block ends."""
+    async with AsyncExitStack() as stack:
+        watchers = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(watchers.cancel_scope.cancel)
+        members = []
+        for member_id in IN_PROCESS_MEMBERS:
+            manager = await stack.enter_async_context(
+                ConstellationDeviceManager(task_name=TASK_NAME, **MANAGER_SETTINGS)  # type: ignore[arg-type]
+            )
+            await watchers.start(watch_member, member_id, manager, book)
+            member = await stack.enter_async_context(
+                open_fleet_member(
+                    manager, redis_url, configs, member_id=member_id, lease_ttl=lease_ttl, namespace=NAMESPACE
+                )
+            )
+            members.append(member)
+        yield members
+
+
+def _drivers_of(device_id: str, members: Sequence[FleetMember], process: MemberProcess) -> list[str]:
+    """The live members that hold a registered link to the device right now."""
+    drivers = []
+    for member in members:
+        profile = member.manager.get_device_info(device_id)
+        if profile is not None and profile.status in REGISTERED:
+            drivers.append(member.member_id)
+    if process.member_id is not None and device_id in process.claims:
+        drivers.append(process.member_id)
+    return drivers
+
+
+async def _all_back(
+    members: Sequence[FleetMember], process: MemberProcess, rig: Rig, leases: FleetRegistry, ids: Sequence[str]
+) -> None:
+    """Until every device is driven by exactly one live member (IDLE or BUSY there), no member drives more than its
+    fair share (so a member that just joined has had its part handed over), that member holds the device's lease in
+    Redis, and the server lists the device's registration."""
+    expected = sorted(f"{TASK_NAME}@{d}" for d in ids)
+    while True:
+        drivers = [_drivers_of(d, members, process) for d in ids]
+        share = fair_share(len(ids), len(members) + (process.member_id is not None and process.alive))
+        balanced = max(Counter(found[0] for found in drivers if found).values(), default=0) <= share
+        if balanced and all(len(found) == 1 for found in drivers) and rig.server.running:
+            if rig.server.constellations() == expected:
+                try:
+                    owners = await leases.owners(ids)
+                except RegistryUnavailable:
+                    owners = []
+                if owners == [found[0] for found in drivers]:
+                    return
+        await trio.sleep(0.05)
+
+
+def attribute_outages(report: FleetSoakReport) -> None:
+    """Fold the devices' outages into the faults' recoveries: an outage that began after a fault started (and
+    before the next one) is that fault's, and the fault has recovered when its last outage ended. This catches what
+    the wait after a fault cannot: a device that drops *after* the wait saw everything back (a lease found gone at
+    the next renewal after Redis came back empty, a cut link noticed a moment after the cut)."""
+    for index, ((fault, waited), (_, _, ended)) in enumerate(zip(report.recoveries, report.fault_times, strict=True)):
+        late = max(0.0, report.latest_back[index] - ended)
+        if late > report.recovery_bound and waited <= report.recovery_bound:
+            report.unrecovered.append(f"{fault} (a device down until {late:.1f} s after it)")
+        report.recoveries[index] = (fault, max(waited, late))
+
+
+async def run_fleet_soak(
+    *,
+    seconds: float,
+    devices: int = 12,
+    callers: int = 4,
+    seed: int = 1,
+    fault_every: float = 4.0,
+    warmup: float = 5.0,
+    lease_ttl: float = 3.0,
+) -> FleetSoakReport:
+    """Run the fleet soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("the fleet soak needs redis-server (apt-get install -y redis-server, or .ci/redis.sh)")
+    from galaxy_trio.fleet.redis import open_redis_registry  # needs the fleet extra (valkey-glide)
+
+    report = FleetSoakReport(devices=devices, callers=callers, lease_ttl=lease_ttl)
+    report.recovery_bound = lease_ttl + RECOVERY_BOUND
+    rng = random.Random(seed)
+    ids = [f"soak-{i:03d}" for i in range(devices)]
+    workload = Workload(report)
+    book = ClaimBook(report)
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        redis = RedisProcess(binary, nursery)
+        await redis.start()
+        rig = await Rig(nursery).start()
+        agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
+        for agent in agents:
+            await agent.start(nursery)
+        configs = [rig.device(device_id, max_retries=1000) for device_id in ids]
+        process = MemberProcess(
+            {
+                "redis": redis.url,
+                "devices": [
+                    {"device_id": c.device_id, "server_url": c.server_url, "max_retries": 1000} for c in configs
+                ],
+                "namespace": NAMESPACE,
+                "lease_ttl": lease_ttl,
+                "task_name": TASK_NAME,
+                "settings": MANAGER_SETTINGS,
+            },
+            book,
+            report,
+            nursery,
+        )
+
+        async def inject(fault: str) -> None:
+            report.begin_fault(fault, time.time())
+            await inject_fleet_fault(fault)
+            report.end_fault(fault, time.time())
+
+        async def inject_fleet_fault(fault: str) -> None:
+            if fault == "redis_restart":
+                await redis.kill()
+                await trio.sleep(rng.uniform(0.2, 1.5))
+                await redis.start()
+            elif fault == "member_kill":
+                await process.kill()
+            elif fault == "member_restart":
+                await process.start()
+            else:
+                await inject_rig_fault(fault, rig=rig, agents=agents, rng=rng, nursery=nursery)
+
+        async with (
+            open_redis_registry(redis.url, namespace=NAMESPACE, client_name="soak-observer") as leases,
+            open_members(redis.url, configs, lease_ttl, book) as members,
+        ):
+            await process.start()
+            all_back = partial(_all_back, members, process, rig, leases, ids)
+            async with trio.open_nursery() as load:
+                with trio.fail_after(60):
+                    await all_back()
+                for number in range(callers):
+                    assign = members[number % len(members)].assign_task_to_device
+                    rng_of_caller = random.Random(rng.random())
+                    load.start_soon(run_caller, number, assign, ids, rng_of_caller, report, REFUSALS)
+
+                def sample_process(_elapsed: float) -> None:
+                    process.sample()
+
+                await run_schedule(
+                    report,
+                    rng,
+                    seconds=seconds,
+                    warmup=warmup,
+                    fault_every=fault_every,
+                    faults=FLEET_FAULTS,
+                    inject=inject,
+                    all_back=all_back,
+                    on_sample=sample_process,
+                    on_baseline=process.set_baseline,
+                    follow_ups={"member_kill": "member_restart"},
+                )
+                # Measured with everything still running, as the baseline was.
+                report.rss_end, report.fds_end = process_usage()
+                book.close_outages(time.time())
+                attribute_outages(report)
+                # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.
+                load.cancel_scope.cancel()
+            await process.stop()
+        book.finish(time.time())
+        for agent in agents:
+            agent.kill()
+        await redis.kill()
+        nursery.cancel_scope.cancel()
+    report.leftover_tasks = sorted(
+        task.name for n in trio.lowlevel.current_task().child_nurseries for task in n.child_tasks
+    )
+    report.seconds = time.monotonic() - started
+    return report

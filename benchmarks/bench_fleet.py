@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from galaxy_trio.config import DeviceConfig, ManagerSettings
 from galaxy_trio.manager import DeviceStatus, EventKind
 from galaxy_trio.redact import url_with_token
 from galaxy_trio.runtime import tune_gc
+from tests.redis_process import RedisDidNotStart, RedisProcess, open_redis_process
 
 #: Seconds over the lease TTL within which a dead member's devices must be IDLE under the others.
 TAKEOVER_MARGIN_S = 10.0
@@ -236,64 +236,8 @@ def member_main(spec_json: str) -> int:
     return 0
 
 
-# --- redis-server ------------------------------------------------------------------------------------------------
-
-
 class Failed(Exception):
     """Something the benchmark needs did not happen (the message says what); the run's figures are incomplete."""
-
-
-@dataclass
-class Redis:
-    process: trio.Process
-    port: int
-    log: bytearray
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def drain(self, log_path: Path) -> None:
-        """Keep reading its log (a full pipe would stall the server) and write it to ``log_path`` at the end."""
-        assert self.process.stdout is not None
-        try:
-            while chunk := await self.process.stdout.receive_some(65536):
-                self.log += chunk
-                del self.log[: max(0, len(self.log) - (1 << 20))]
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.Path(log_path).write_bytes(bytes(self.log))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def start_redis(binary: str) -> Redis:
-    """A redis-server of our own on a free loopback port; returns once it logs that it accepts connections."""
-    port = _free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--daemonize", "no", "--loglevel", "notice", "--maxclients", "1000"]
-    process = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert process.stdout is not None
-    log = bytearray()
-    try:
-        with trio.fail_after(15):
-            while b"Ready to accept connections" not in log:
-                chunk = await process.stdout.receive_some(65536)
-                if not chunk:
-                    raise Failed(f"redis-server exited on port {port}: {log.decode(errors='replace')[-2000:]}")
-                log += chunk
-    except BaseException:
-        process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
-        raise
-    return Redis(process, port, log)
 
 
 def parse_info(text: str) -> dict[str, str]:
@@ -546,17 +490,14 @@ async def orchestrate(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
         raise Failed(f"{args.devices} devices do not fit here: {layout.skipped}")
     logs = args.logs if args.logs is not None else scratch
     logs.mkdir(parents=True, exist_ok=True)
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise Failed("redis-server is not installed (apt-get install -y redis-server)")
     token = secrets.token_urlsafe(24)
     result: dict[str, Any] = {"layout": layout.layout, "agents_per_process": list(layout.shard_counts)}
-    redis = await start_redis(binary)
     sides: list[_device_side.DeviceSide] = []
     client = None
-    async with trio.open_nursery() as services:
-        services.start_soon(redis.drain, logs / "redis.log")
+    async with open_redis_process(maxclients=1000) as redis:
         try:
+            with trio.fail_after(15):
+                await redis.start()
             print(f"device side: {layout.layout} ...", file=sys.stderr, flush=True)
             async with trio.open_nursery() as starting:
 
@@ -577,7 +518,7 @@ async def orchestrate(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
             ]
             shards = [{"url": s.url, "prefix": s.ready["prefix"], "count": s.ready["devices"]} for s in sides]
             client = await GlideClient.create(GlideClientConfiguration([NodeAddress("127.0.0.1", redis.port)]))
-            processes = {"redis": psutil.Process(redis.process.pid)}
+            processes = {"redis": psutil.Process(redis.pid)}
             for index, side in enumerate(sides):
                 processes[f"device:{index}"] = psutil.Process(side.process.pid)
             fleet = Fleet([d for s in shards for d in bench_registration.Shard(**s).device_ids()])
@@ -602,17 +543,12 @@ async def orchestrate(args: argparse.Namespace, scratch: Path) -> dict[str, Any]
                 async with trio.open_nursery() as stopping:
                     for side in sides:
                         stopping.start_soon(side.stop)
-                redis.process.terminate()
-                with trio.move_on_after(10):
-                    await redis.process.wait()
-                if redis.process.returncode is None:
-                    redis.process.kill()
-                    await redis.process.wait()
+                await trio.Path(logs / "redis.log").write_bytes(bytes(redis.log))
     return result
 
 
 async def start_member(
-    member_id: str, args: argparse.Namespace, redis: Redis, shards: list[dict[str, Any]], token: str, logs: Path
+    member_id: str, args: argparse.Namespace, redis: RedisProcess, shards: list[dict[str, Any]], token: str, logs: Path
 ) -> Member:
     """This script with ``--member``: one manager of the fleet, in a process of its own."""
     spec = {
@@ -634,7 +570,9 @@ async def start_member(
     return Member(member_id, process, log_path)
 
 
-async def measure(args: argparse.Namespace, fleet: Fleet, meter: Meter, start: Sample, redis: Redis) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, fleet: Fleet, meter: Meter, start: Sample, redis: RedisProcess
+) -> dict[str, Any]:
     devices = len(fleet.device_ids)
     result: dict[str, Any] = {}
     # 1. to all IDLE.
@@ -714,7 +652,7 @@ async def measure(args: argparse.Namespace, fleet: Fleet, meter: Meter, start: S
     return result
 
 
-async def published_and_checked(args: argparse.Namespace, fleet: Fleet, redis: Redis) -> dict[str, Any]:
+async def published_and_checked(args: argparse.Namespace, fleet: Fleet, redis: RedisProcess) -> dict[str, Any]:
     """Have every live member publish its devices' state, then read the fleet from Redis once."""
     with trio.move_on_after(args.timeout) as publishing:
         await fleet.publish()
@@ -892,7 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures: list[BaseException] = []
         try:
             result = trio.run(orchestrate, args, Path(scratch))
-        except* (Failed, _device_side.DeviceSideFailed) as group:
+        except* (Failed, RedisDidNotStart, _device_side.DeviceSideFailed) as group:
             failures.extend(_leaves(group))
     if failures:
         for exc in failures:

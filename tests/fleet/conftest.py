@@ -7,8 +7,6 @@ The Redis tests are skipped — with the reason — when ``redis-server`` or the
 from __future__ import annotations
 
 import math
-import os
-import select
 import shutil
 import subprocess
 import time
@@ -26,6 +24,7 @@ from galaxy_trio.fleet import FleetMember, FleetRegistry, open_fleet_member
 from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
 
 from ..net import free_port as _free_port
+from ..redis_process import INSTALL_HINT, RedisDidNotStart, spawn_redis
 from .peers import FencedPeer
 
 TASK_NAME = "fleet"
@@ -55,7 +54,7 @@ def require_redis() -> str:
     """The redis-server binary; skips the test (saying why) when it or the glide client is missing."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (run .ci/redis.sh, or: apt-get install -y redis-server)")
+        pytest.skip(f"redis-server is not installed ({INSTALL_HINT})")
     pytest.importorskip("glide", reason=NO_GLIDE)
     return binary
 
@@ -69,23 +68,11 @@ def glide_installed() -> None:
 def redis_server() -> Iterator[RedisServer]:
     binary = require_redis()
     port = _free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--daemonize", "no", "--loglevel", "notice"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = spawn_redis(binary, port, deadline=time.monotonic() + 15)
     assert process.stdout is not None
-    log = b""
-    deadline = time.monotonic() + 15
     try:
-        # Wait for the server to say it is ready (no sleep loop: we read its log as it is written).
-        while b"Ready to accept connections" not in log:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or process.poll() is not None:
-                raise RuntimeError(f"redis-server did not start on port {port}: {log.decode(errors='replace')}")
-            readable, _, _ = select.select([process.stdout], [], [], remaining)
-            if readable:
-                log += os.read(process.stdout.fileno(), 65536)
         if not _ping(port):
-            raise RuntimeError(f"redis-server on port {port} does not answer PING")
+            raise RedisDidNotStart(f"redis-server on port {port} does not answer PING")
         yield RedisServer(port, process)
     finally:
         process.kill()

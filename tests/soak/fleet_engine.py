@@ -45,7 +45,6 @@ import bisect
 import json
 import math
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -66,7 +65,7 @@ from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, f
 from galaxy_trio.manager import DeviceNotConnected, EventKind
 
 from ..faults.rig import Rig
-from ..net import free_port
+from ..redis_process import open_redis_process, redis_binary
 from .engine import (
     FAULTS,
     MANAGER_SETTINGS,
@@ -91,6 +90,8 @@ REGISTERED = (DeviceStatus.IDLE, DeviceStatus.BUSY)
 #: a round trip after the server does, and the new one may register in between.
 OVERLAP_SLACK = 0.5
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: How long redis-server may take to say it accepts connections (a start, or a restart by the schedule).
+REDIS_START_WITHIN = 30.0
 
 
 @dataclass
@@ -235,51 +236,6 @@ async def watch_member(
                     book.claim(member_id, event.device_id, event.at)
                 else:
                     book.release(member_id, event.device_id, event.at)
-
-
-class RedisProcess:
-    """A redis-server without persistence on a fixed loopback port: started, SIGKILLed, started again."""
-
-    def __init__(self, binary: str, nursery: trio.Nursery) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.starts = 0
-        self._nursery = nursery
-        self._process: trio.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--daemonize", "no", "--loglevel", "notice"]
-        self._process = process = await trio.lowlevel.open_process(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        assert process.stdout is not None
-        log = b""
-        with trio.fail_after(30):
-            while b"Ready to accept connections" not in log:
-                chunk = await process.stdout.receive_some(65536)
-                if not chunk:
-                    raise RuntimeError(f"redis-server exited on port {self.port}: {log.decode(errors='replace')}")
-                log += chunk
-        self._nursery.start_soon(_drain, process.stdout, name="redis-log")
-        self.starts += 1
-
-    async def kill(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            process.kill()
-            await process.wait()
-
-
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    """Read a child's output until it ends (so that it never blocks on a full pipe)."""
-    async with stream:
-        while await stream.receive_some(65536):
-            pass
 
 
 class MemberProcess:
@@ -475,9 +431,7 @@ async def run_fleet_soak(
     lease_ttl: float = 3.0,
 ) -> FleetSoakReport:
     """Run the fleet soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("the fleet soak needs redis-server (apt-get install -y redis-server, or .ci/redis.sh)")
+    binary = redis_binary()
     from galaxy_trio.fleet.redis import open_redis_registry  # needs the fleet extra (valkey-glide)
 
     report = FleetSoakReport(devices=devices, callers=callers, lease_ttl=lease_ttl)
@@ -487,9 +441,9 @@ async def run_fleet_soak(
     workload = Workload(report)
     book = ClaimBook(report)
     started = time.monotonic()
-    async with trio.open_nursery() as nursery:
-        redis = RedisProcess(binary, nursery)
-        await redis.start()
+    async with trio.open_nursery() as nursery, open_redis_process(binary=binary) as redis:
+        with trio.fail_after(REDIS_START_WITHIN):
+            await redis.start()
         rig = await Rig(nursery).start()
         agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
         for agent in agents:
@@ -520,7 +474,8 @@ async def run_fleet_soak(
             if fault == "redis_restart":
                 await redis.kill()
                 await trio.sleep(rng.uniform(0.2, 1.5))
-                await redis.start()
+                with trio.fail_after(REDIS_START_WITHIN):
+                    await redis.start()
             elif fault == "member_kill":
                 await process.kill()
             elif fault == "member_restart":

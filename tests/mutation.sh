@@ -37,7 +37,7 @@ modules=(
   "config_rules|galaxy_trio/config/rules.py|tests/test_config.py tests/test_config_run.py tests/test_config_ufo.py tests/mutation_kills"
   "config_model|galaxy_trio/config/model.py|tests/test_config.py tests/test_config_run.py tests/test_config_ufo.py tests/mutation_kills|*ǁ__post_init____mutmut_* *x__struct_problems__mutmut_*"
   "config_loading|galaxy_trio/config/loading.py|tests/test_config.py tests/test_config_run.py tests/test_config_ufo.py tests/mutation_kills|*x_read_text__mutmut_* *ǁprepare__mutmut_* *x__alias_problem__mutmut_* *x__yaml_error__mutmut_* *x__char_at__mutmut_* *x__line__mutmut_* *ǁfail__mutmut_*"
-  "dispatch|galaxy_trio/server/connection.py|tests/server tests/security/test_floods.py tests/mutation_kills|*ǁ_read_loop__mutmut_* *ǁ_handle__mutmut_* *ǁ_dispatch__mutmut_* *ǁ_on_command_results__mutmut_* *ǁ_on_task__mutmut_* *BoundedLinkǁsend_text__mutmut_* *ǁ_not_reading__mutmut_*"
+  "dispatch|galaxy_trio/server/connection.py|tests/server tests/security/test_floods.py tests/control/test_server_metrics.py tests/mutation_kills|*ǁ_read_loop__mutmut_* *ǁ_handle__mutmut_* *ǁ_dispatch__mutmut_* *ǁ_on_command_results__mutmut_* *ǁ_on_task__mutmut_* *BoundedLinkǁsend_text__mutmut_* *ǁ_not_reading__mutmut_*"
 )
 
 wanted=("$@")

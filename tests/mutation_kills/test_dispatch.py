@@ -160,6 +160,9 @@ async def test_every_dropped_or_refused_frame_is_logged_naming_the_client(
     )
     assert len(_lines(server_log, "task s1 accepted from constellation 't@dev' (", ") for device dev")) == 1
     _one(server_log, "device 'dev'", " sent a binary frame (3 bytes); closing")
+    # And each refusal counted under its rule (/metrics: frames_rejected_total{rule=...}): both dropped results
+    # (a device's for no COMMAND, a constellation's at all), the binary frame; errors and a stray answer are not.
+    assert {rule: n for rule, n in server.stats.rejected.items() if n} == {"command_results": 2, "binary": 1}
 
 
 async def test_a_bug_in_handling_a_frame_costs_that_frame_and_is_logged_with_its_type(

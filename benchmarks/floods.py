@@ -30,6 +30,7 @@ first, labelled ``PHASE (base)``: a before/after in one run, under the same mach
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import itertools
 import json
@@ -103,23 +104,31 @@ def _ws(port: int) -> str:
 # --- the server process -----------------------------------------------------------------------------------------
 
 
+#: A pass that starts with more runnable tasks than this is profiled (``--profile-passes``).
+PROFILED_RUNNABLE = 1000
+
 #: A scheduler pass of the server longer than this is logged (``--pass-log``): every other client waits it out.
 LONG_PASS_S = 0.02
 
 
 class PassLog(trio.abc.Instrument):
-    """The server's long scheduler passes, one JSON line each: when it ended (``time.time()``), how long it took,
-    how much CPU time the server spent in it (the rest is the OS running other processes), how many task steps
-    ran in it, and how much of it was a full (generation 2) garbage collection, and how much
-    a young one (generations 0 and 1: with ``serve``'s thresholds a generation-1 collection scans the survivors of
-    50 young ones, which during a ramp are most of the new connections' objects).
+    """The server's long scheduler passes, and those in which a garbage collection ran, one JSON line each: when
+    it ended (``time.time()``), how long it took, how much CPU time the server spent in it (the rest is the OS
+    running other processes), how many task steps ran in it, and how much of it was a full (generation 2)
+    garbage collection, and how much a young one (generations 0 and 1: with ``serve``'s thresholds a generation-1
+    collection scans the survivors of 50 young ones, which during a ramp are most of the new connections' objects).
 
     A bystander's round trip on a loaded machine also waits for the CPU; these say what the server itself did.
     Costs four clock reads a pass and a counter a task step.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, profile_dir: str | None = None) -> None:
         self._file = open(path, "w", buffering=1)  # (open for the server process's life)
+        #: With ``profile_dir``, every pass that starts with over PROFILED_RUNNABLE runnable tasks runs under
+        #: cProfile (a pstats file each): where the time of a storm's pass goes, that pass alone.
+        self._profile_dir = profile_dir
+        self._profiler: cProfile.Profile | None = None
+        self._profiled = 0
         self._started = 0.0
         self._cpu_started = 0.0
         self._steps = 0
@@ -137,6 +146,9 @@ class PassLog(trio.abc.Instrument):
             self._young_gc_s += time.perf_counter() - self._gc_started
 
     def after_io_wait(self, timeout: float) -> None:
+        if self._profile_dir is not None and trio.lowlevel.current_statistics().tasks_runnable > PROFILED_RUNNABLE:
+            self._profiler = cProfile.Profile()
+            self._profiler.enable()
         self._started = time.perf_counter()
         self._cpu_started = time.thread_time()
         self._steps = 0
@@ -148,7 +160,12 @@ class PassLog(trio.abc.Instrument):
 
     def before_io_wait(self, timeout: float) -> None:
         took = time.perf_counter() - self._started
-        if self._started and took > LONG_PASS_S:
+        if self._profiler is not None:
+            self._profiler.disable()
+            self._profiled += 1
+            self._profiler.dump_stats(f"{self._profile_dir}/pass-{self._profiled}.pstats")
+            self._profiler = None
+        if self._started and (took > LONG_PASS_S or self._gc_s or self._young_gc_s):
             line = {
                 "t": time.time(),
                 "ms": 1000 * took,
@@ -161,23 +178,33 @@ class PassLog(trio.abc.Instrument):
 
 
 def pass_figures(path: Path, start: float, end: float) -> dict[str, Any]:
-    """The server's long passes that ended between ``start`` and ``end`` (``time.time()``)."""
-    passes = [p for line in path.read_text().splitlines() if start <= (p := json.loads(line))["t"] < end]
+    """The server's long passes that ended between ``start`` and ``end`` (``time.time()``), and its collections
+    (every pass in which one ran is logged)."""
+    logged = [p for line in path.read_text().splitlines() if start <= (p := json.loads(line))["t"] < end]
+    passes = [p for p in logged if p["ms"] > 1000 * LONG_PASS_S]
     return {
         "server_long_passes": len(passes),
         "server_longest_pass_ms": round(max((p["ms"] for p in passes), default=0.0), 1),
         # The server's own CPU time in its longest-CPU pass: the rest of a long pass's wall time is the OS's.
         "server_most_cpu_in_a_pass_ms": round(max((p.get("cpu_ms", 0.0) for p in passes), default=0.0), 1),
         "server_most_steps_in_a_pass": max((p["steps"] for p in passes), default=0),
-        "server_full_gc_ms": round(sum(p["gc_ms"] for p in passes), 1),
-        "server_young_gc_ms": round(sum(p.get("young_gc_ms", 0.0) for p in passes), 1),  # (a base tree's log too)
+        "server_full_gc_ms": round(sum(p["gc_ms"] for p in logged), 1),
+        "server_young_gc_ms": round(sum(p.get("young_gc_ms", 0.0) for p in logged), 1),  # (a base tree's log too)
+        # The most collection time in one pass: what a collection adds to a bystander's round trip at worst.
+        "server_most_gc_in_a_pass_ms": round(
+            max((p["gc_ms"] + p.get("young_gc_ms", 0.0) for p in logged), default=0.0), 1
+        ),
     }
 
 
-async def run_server(extra: dict[str, Any]) -> None:
+async def run_server(extra: dict[str, Any], freeze: bool = False) -> None:
     settings = ServerSettings(**extra)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve_aip, port=0, token=TOKEN, settings=settings))
+        if freeze:
+            from galaxy_trio.runtime import keep_survivors_frozen  # (not in every --base tree)
+
+            nursery.start_soon(keep_survivors_frozen)
         print(server.port, flush=True)
 
 
@@ -529,9 +556,17 @@ async def _flood(
     )
     ramp: dict[str, Any] = {}
     assert process.stdout is not None
+    spy: trio.Process | None = None
     if kind == "held":
         ramp = json.loads(first)
         bystander.phase = "held" + suffix
+        if args.spy_release is not None and not suffix:
+            # Sampling starts while the devices are held (idle, so hardly a sample) and ends after the release.
+            spy = await trio.lowlevel.open_process(
+                ["py-spy", "record", "--pid", str(server_pid), "--rate", str(args.spy_rate), "--format", "raw",
+                 "--output", args.spy_release],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         await _line(process.stdout)
         if paused:
             bystander.phase = PAUSED
@@ -562,6 +597,9 @@ async def _flood(
                     break
                 await trio.sleep(0.05)
         result["release_s"] = round(trio.current_time() - released, 2)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        await spy.wait()
     return result
 
 
@@ -608,7 +646,15 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     }
     gc_mode = ("--server-gc", args.server_gc)
     base_gc_mode = ("--server-gc", args.base_server_gc or args.server_gc)
-    server, port_line = await _start_process("--serve", *gc_mode, "--pass-log", str(pass_logs[""]), stderr=server_log)
+    profiling: dict[str, tuple[str, ...]] = {"": (), " (base)": ()}
+    if args.profile_passes is not None:
+        profiling = {
+            "": ("--profile-passes", args.profile_passes),
+            " (base)": ("--profile-passes", str(Path(args.profile_passes, "base"))),
+        }
+    server, port_line = await _start_process(
+        "--serve", *gc_mode, "--pass-log", str(pass_logs[""]), *profiling[""], stderr=server_log
+    )
     unbounded, unbounded_port = await _start_process("--serve", *gc_mode, "--unbounded", stderr=server_log)
     servers = [server, unbounded]
     # (label suffix, server process, its port, its bystander): the base tree's server first, when asked for.
@@ -616,7 +662,13 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     try:
         if args.base is not None:
             base, base_port = await _start_process(
-                "--serve", *base_gc_mode, "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
+                "--serve",
+                *base_gc_mode,
+                "--pass-log",
+                str(pass_logs[" (base)"]),
+                *profiling[" (base)"],
+                stderr=server_log,
+                tree=args.base,
             )
             servers.append(base)
             mains.append((" (base)", base, int(base_port), Bystander()))
@@ -688,6 +740,7 @@ PASS_COLUMNS = (
     "server_most_steps_in_a_pass",
     "server_full_gc_ms",
     "server_young_gc_ms",
+    "server_most_gc_in_a_pass_ms",
 )
 
 
@@ -713,7 +766,7 @@ def render(results: dict[str, Any]) -> str:
         [
             "phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s",
             "passes > 20 ms", "longest pass ms", "most CPU in a pass ms", "most steps in a pass", "full GC ms",
-            "young GC ms", "flood",
+            "young GC ms", "most GC in a pass ms", "flood",
         ],
         rows,
     )  # fmt: skip
@@ -723,6 +776,7 @@ def render(results: dict[str, Any]) -> str:
     )
 
 
+GC_MODES = ("serve", "serve-freeze", "default")
 PHASES = ("baseline", "frames", "frames-unbounded", "silent", "held", "deaf", "manager")
 
 
@@ -741,16 +795,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     _common.add_out_argument(parser)
     parser.add_argument(
         "--server-gc",
-        choices=("serve", "default"),
+        choices=GC_MODES,
         default="serve",
         help="the servers' garbage collector: as `python -m galaxy_trio serve` sets it (runtime.tune_gc, the "
-        "default), or Python's default thresholds",
+        "default), that and what survives the young generations frozen every second (runtime.keep_survivors_frozen),"
+        " or Python's default thresholds",
     )
     parser.add_argument(
         "--base-server-gc",
-        choices=("serve", "default"),
+        choices=GC_MODES,
         help="the --base server's garbage collector, if not --server-gc's (with --base DIR = this tree: what the "
         "thresholds buy, in one run)",
+    )
+    parser.add_argument(
+        "--spy-release",
+        metavar="FILE",
+        help="profile the main server with py-spy (raw format, to FILE) from the end of the held ramp to the end of "
+        "the release; summarise it with benchmarks/spy_summary.py",
+    )
+    parser.add_argument("--spy-rate", type=int, default=1000, help="py-spy samples a second (default 1000)")
+    parser.add_argument(
+        "--profile-passes",
+        metavar="DIR",
+        help=f"the servers run each scheduler pass that starts with over {PROFILED_RUNNABLE} runnable tasks under "
+        "cProfile, one pstats file each in DIR (the main server's; the base's, in DIR/base)",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
@@ -774,10 +842,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
     if args.serve:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-        if args.server_gc == "serve":
+        if args.server_gc in ("serve", "serve-freeze"):
             tune_gc()  # what the CLI's `serve` does, so that these are the figures of the server as shipped
-        instruments = [] if args.pass_log is None else [PassLog(args.pass_log)]
-        trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS, instruments=instruments)
+        instruments = [] if args.pass_log is None else [PassLog(args.pass_log, args.profile_passes)]
+        settings = SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS
+        trio.run(run_server, settings, args.server_gc == "serve-freeze", instruments=instruments)
         return 0
     if args.flood == "manager-servers":
         print(json.dumps(trio.run(flood_manager_servers, args.rate)))
@@ -791,6 +860,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(trio.run(floods[args.flood])))
         return 0
+    if args.profile_passes is not None:
+        Path(args.profile_passes, "base").mkdir(parents=True, exist_ok=True)
     load = host_load()
     log = Path(args.server_log)
     with log.open("wb") as server_log:

@@ -38,11 +38,12 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ import _common
 import psutil
 import trio
 import trio.lowlevel
+import trio.testing
 from _device_side import describe_load, host_load
 
 from galaxy_trio.aip import (
@@ -455,6 +457,146 @@ def _manager_gaps(beats: dict[str, list[float]], interval: float) -> dict[str, A
     }
 
 
+# --- one storm's pass, taken apart (``--pass-floor``, in this process) ----------------------------------------------
+
+#: A client's close frame (FIN, opcode 8, masked, empty payload, all-zero key): what the storm's readers wake to.
+CLOSE_FRAME = b"\x88\x80\0\0\0\0"
+UPGRADE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+class StormPass(trio.abc.Instrument):
+    """The pass with the most task steps: its wall and CPU time (the storm's pass, once readers all wake)."""
+
+    def __init__(self) -> None:
+        self.most: tuple[int, float, float] = (0, 0.0, 0.0)  # (steps, wall ms, cpu ms)
+        self._steps = 0
+        self._started = self._cpu_started = 0.0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._steps = 0
+        self._started, self._cpu_started = time.perf_counter(), time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._steps += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._started and self._steps > self.most[0]:
+            wall = 1000 * (time.perf_counter() - self._started)
+            self.most = (self._steps, wall, 1000 * (time.thread_time() - self._cpu_started))
+
+
+async def _storm_pass(readers: list[Any], wake: Callable[[Any], object]) -> tuple[int, float, float]:
+    """Wait until every reader is parked, wake them all in one task step, and time the pass they run in (the one
+    with the most task steps, once everything is blocked again)."""
+    await trio.testing.wait_all_tasks_blocked()
+    gc.collect()
+    storm = StormPass()
+    trio.lowlevel.add_instrument(storm)
+    try:
+        for reader in readers:
+            wake(reader)  # (plain writes, no schedule point: every reader becomes readable in this one step)
+        await trio.testing.wait_all_tasks_blocked()
+    finally:
+        trio.lowlevel.remove_instrument(storm)
+    return storm.most
+
+
+async def _bare_readers(count: int, paced: bool) -> tuple[int, float, float]:
+    """``count`` trio socket streams, each read by a task parked in ``receive_some``; then ``paced``, each goes
+    through a close turnstile (what ``WsLink._read`` does with a close frame) and no further."""
+    from galaxy_trio.transport._pacing import PassTurnstile
+
+    turnstile = PassTurnstile(16)
+    pairs = [socket.socketpair() for _ in range(count)]
+
+    async def read(stream: trio.SocketStream) -> None:
+        await stream.receive_some(RECEIVE)
+        if paced:
+            await turnstile.pass_through()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for theirs, _ in pairs:
+                nursery.start_soon(read, trio.SocketStream(trio.socket.from_stdlib_socket(theirs)))
+            return await _storm_pass([ours for _, ours in pairs], lambda ours: ours.send(CLOSE_FRAME))
+    finally:
+        for _, ours in pairs:
+            ours.close()
+
+
+async def _link_readers(count: int, aip: bool) -> tuple[int, float, float]:
+    """``count`` clients (non-blocking sockets of this process) on a real server (``serve_links`` with a handler
+    that reads each link until it ends; ``aip``: ``serve_aip``, each client a registered device), then every
+    client's close frame at once: the server's whole close path runs, the pass timed is the first one."""
+
+    async def handle(request: LinkRequest) -> None:
+        link = await request.accept()
+        try:
+            while True:
+                await link.receive()
+        except LinkError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        if aip:
+            server = await nursery.start(partial(serve_aip, port=0, token=TOKEN, settings=ServerSettings()))
+            port = server.port
+        else:
+            port = await nursery.start(partial(serve_links, handle, "127.0.0.1", 0, handshake_deadline=5.0))
+        clients = []
+        try:
+            for n in range(count):
+                client = socket.socket()
+                clients.append(client)
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", port))
+                await trio.lowlevel.wait_writable(client)
+                client.send(
+                    f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {UPGRADE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+                )
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    await trio.lowlevel.wait_readable(client)
+                    head += client.recv(4096)
+                if aip:
+                    register = encode_text(builders.device_register(f"d{n}", platform="linux", system_info=None))
+                    client.send(masked_text_frame(register.encode()))
+                    await trio.lowlevel.wait_readable(client)
+                    client.recv(4096)  # the confirmation: registered
+            most = await _storm_pass(clients, lambda client: client.send(CLOSE_FRAME))
+        finally:
+            for client in clients:
+                client.close()
+        nursery.cancel_scope.cancel()
+    return most
+
+
+RECEIVE = 16 * 1024
+PASS_FLOOR_VARIANTS = {
+    "trio readers (receive_some only)": partial(_bare_readers, paced=False),
+    "... and the close turnstile": partial(_bare_readers, paced=True),
+    "serve_links links (WsLink close path)": partial(_link_readers, aip=False),
+    "serve_aip devices (the whole server)": partial(_link_readers, aip=True),
+}
+
+
+async def pass_floor(count: int, repeat: int) -> dict[str, Any]:
+    """The storm's pass for each variant, ``repeat`` times: median wall and CPU ms, and CPU per reader in µs."""
+    figures: dict[str, Any] = {}
+    for label, variant in PASS_FLOOR_VARIANTS.items():
+        runs = [await variant(count) for _ in range(repeat)]
+        cpu = percentile([r[2] for r in runs], 50)
+        figures[label] = {
+            "steps": max(r[0] for r in runs),
+            "pass_ms": round(percentile([r[1] for r in runs], 50), 1),
+            "cpu_ms": round(cpu, 1),
+            "cpu_us_per_reader": round(1000 * cpu / count, 1),
+            "cpu_ms_each_run": [round(r[2], 1) for r in runs],
+        }
+    return figures
+
+
 # --- the bystander and the phases (this process) ------------------------------------------------------------------
 
 
@@ -820,6 +962,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"the servers run each scheduler pass that starts with over {PROFILED_RUNNABLE} runnable tasks under "
         "cProfile, one pstats file each in DIR (the main server's; the base's, in DIR/base)",
     )
+    parser.add_argument(
+        "--pass-floor",
+        type=int,
+        metavar="N",
+        help="instead of the phases: N readers woken in one step, in this process (bare trio sockets; with the "
+        "close turnstile; serve_links links; serve_aip devices), and the pass they run in, timed (--repeat times)",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each --pass-floor variant (default 5)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pass-log", help=argparse.SUPPRESS)
@@ -847,6 +997,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         instruments = [] if args.pass_log is None else [PassLog(args.pass_log, args.profile_passes)]
         settings = SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS
         trio.run(run_server, settings, args.server_gc == "serve-freeze", instruments=instruments)
+        return 0
+    if args.pass_floor is not None:
+        tune_gc()
+        figures = trio.run(pass_floor, args.pass_floor, args.repeat)
+        print(describe_load(host_load()))
+        print(
+            _common.markdown_table(
+                ["readers woken at once", "steps", "pass ms", "CPU ms", "CPU µs per reader", "CPU ms, each run"],
+                [
+                    [k, v["steps"], v["pass_ms"], v["cpu_ms"], v["cpu_us_per_reader"], v["cpu_ms_each_run"]]
+                    for k, v in figures.items()
+                ],
+            )
+        )
+        if args.out is not None:
+            _common.write_json(args.out, {"environment": _common.environment(), "pass_floor": figures})
         return 0
     if args.flood == "manager-servers":
         print(json.dumps(trio.run(flood_manager_servers, args.rate)))

@@ -199,14 +199,10 @@ def pass_figures(path: Path, start: float, end: float) -> dict[str, Any]:
     }
 
 
-async def run_server(extra: dict[str, Any], freeze: bool = False) -> None:
+async def run_server(extra: dict[str, Any]) -> None:
     settings = ServerSettings(**extra)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve_aip, port=0, token=TOKEN, settings=settings))
-        if freeze:
-            from galaxy_trio.runtime import keep_survivors_frozen  # (not in every --base tree)
-
-            nursery.start_soon(keep_survivors_frozen)
         print(server.port, flush=True)
 
 
@@ -918,7 +914,7 @@ def render(results: dict[str, Any]) -> str:
     )
 
 
-GC_MODES = ("serve", "serve-freeze", "default")
+GC_MODES = ("serve", "default")
 PHASES = ("baseline", "frames", "frames-unbounded", "silent", "held", "deaf", "manager")
 
 
@@ -940,8 +936,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=GC_MODES,
         default="serve",
         help="the servers' garbage collector: as `python -m galaxy_trio serve` sets it (runtime.tune_gc, the "
-        "default), that and what survives the young generations frozen every second (runtime.keep_survivors_frozen),"
-        " or Python's default thresholds",
+        "default), or Python's default thresholds",
     )
     parser.add_argument(
         "--base-server-gc",
@@ -992,11 +987,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
     if args.serve:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-        if args.server_gc in ("serve", "serve-freeze"):
+        if args.server_gc == "serve":
             tune_gc()  # what the CLI's `serve` does, so that these are the figures of the server as shipped
         instruments = [] if args.pass_log is None else [PassLog(args.pass_log, args.profile_passes)]
         settings = SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS
-        trio.run(run_server, settings, args.server_gc == "serve-freeze", instruments=instruments)
+        trio.run(run_server, settings, instruments=instruments)
         return 0
     if args.pass_floor is not None:
         tune_gc()

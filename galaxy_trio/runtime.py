@@ -10,17 +10,12 @@ change *when* cycles are collected; reference counting still frees everything el
 from __future__ import annotations
 
 import gc
-from typing import Final, NoReturn
+from typing import Final
 
-import trio
-
-__all__ = ["FLEET_GC_THRESHOLDS", "FREEZE_PERIOD", "freeze_settled_objects", "keep_survivors_frozen", "tune_gc"]
+__all__ = ["FLEET_GC_THRESHOLDS", "freeze_settled_objects", "tune_gc"]
 
 #: Thresholds measured in benchmarks/README.md: 10,000 devices to IDLE in ~24 s instead of ~37 s.
 FLEET_GC_THRESHOLDS: Final = (10_000, 50, 1_000)
-
-#: How often :func:`keep_survivors_frozen` freezes what survived the young generations, in seconds.
-FREEZE_PERIOD: Final = 1.0
 
 
 def tune_gc(thresholds: tuple[int, int, int] = FLEET_GC_THRESHOLDS) -> tuple[int, int, int]:
@@ -37,21 +32,3 @@ def freeze_settled_objects() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-async def keep_survivors_frozen(period: float = FREEZE_PERIOD) -> NoReturn:
-    """Every ``period`` seconds, collect the young generations, then freeze what survived them; until cancelled.
-
-    For a process that has no settled moment (a server, whose connections come and go): a collection of
-    generation 1 scans every object that survived the young collections since the last one, tens of thousands
-    of objects per second while connections arrive; frozen every ``period``, it scans a second's worth at most,
-    and a full collection never walks the long-lived ones. Run it in a nursery of the process's main task.
-
-    The price: an object frozen while alive and found unreachable later, in a reference cycle, is never freed.
-    Only a process whose long-lived objects are freed by reference counting alone may run this (the server's
-    connections are: ``tests/server/test_server_connection_freed.py``).
-    """
-    while True:
-        await trio.sleep(period)
-        gc.collect(1)
-        gc.freeze()

@@ -119,6 +119,7 @@ class PassLog(trio.abc.Instrument):
     running other processes), how many task steps ran in it, and how much of it was a full (generation 2)
     garbage collection, and how much a young one (generations 0 and 1: with ``serve``'s thresholds a generation-1
     collection scans the survivors of 50 young ones, which during a ramp are most of the new connections' objects).
+    Collections are timed in CPU time, so that one preempted by another process does not count the other's time.
 
     A bystander's round trip on a loaded machine also waits for the CPU; these say what the server itself did.
     Costs four clock reads a pass and a counter a task step.
@@ -141,11 +142,11 @@ class PassLog(trio.abc.Instrument):
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._gc_started = time.perf_counter()
+            self._gc_started = time.thread_time()
         elif info["generation"] == 2:
-            self._gc_s += time.perf_counter() - self._gc_started
+            self._gc_s += time.thread_time() - self._gc_started
         else:
-            self._young_gc_s += time.perf_counter() - self._gc_started
+            self._young_gc_s += time.thread_time() - self._gc_started
 
     def after_io_wait(self, timeout: float) -> None:
         if self._profile_dir is not None and trio.lowlevel.current_statistics().tasks_runnable > PROFILED_RUNNABLE:

@@ -68,7 +68,7 @@ from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
 from galaxy_trio.redact import url_with_token
 from galaxy_trio.runtime import tune_gc
 from galaxy_trio.server import ServerSettings, serve_aip
-from galaxy_trio.transport import LinkRequest, open_link, serve_links
+from galaxy_trio.transport import CLOSE_GRACE, LinkRequest, open_link, serve_links
 
 TOKEN = "floods-bench-token"
 SCRIPT = Path(__file__).resolve()
@@ -467,6 +467,8 @@ class StormPass(trio.abc.Instrument):
 
     def __init__(self) -> None:
         self.most: tuple[int, float, float, float] = (0, 0.0, 0.0, 0.0)  # (steps, wall ms, cpu ms, gc cpu ms)
+        #: The same figures of the pass with the most CPU time.
+        self.most_cpu: tuple[int, float, float, float] = (0, 0.0, 0.0, 0.0)
         self._steps = 0
         self._started = self._cpu_started = self._gc_started = self._gc_s = 0.0
 
@@ -485,9 +487,14 @@ class StormPass(trio.abc.Instrument):
         self._steps += 1
 
     def before_io_wait(self, timeout: float) -> None:
-        if self._started and self._steps > self.most[0]:
-            wall = 1000 * (time.perf_counter() - self._started)
-            self.most = (self._steps, wall, 1000 * (time.thread_time() - self._cpu_started), 1000 * self._gc_s)
+        if not self._started:
+            return
+        cpu = 1000 * (time.thread_time() - self._cpu_started)
+        figures = (self._steps, 1000 * (time.perf_counter() - self._started), cpu, 1000 * self._gc_s)
+        if self._steps > self.most[0]:
+            self.most = figures
+        if cpu > self.most_cpu[2]:
+            self.most_cpu = figures
 
 
 async def _storm_pass(readers: list[Any], wake: Callable[[Any], object]) -> tuple[int, float, float, float]:
@@ -531,6 +538,67 @@ async def _bare_readers(count: int, paced: bool) -> tuple[int, float, float, flo
             ours.close()
 
 
+async def _connect_clients(port: int, count: int, clients: list[socket.socket], *, register: bool) -> None:
+    """``count`` clients of this process (non-blocking sockets, appended to ``clients``), upgraded one at a time;
+    ``register``: each then a registered device (its confirmation read)."""
+    for n in range(count):
+        client = socket.socket()
+        clients.append(client)
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        await trio.lowlevel.wait_writable(client)
+        client.send(
+            f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {UPGRADE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            await trio.lowlevel.wait_readable(client)
+            head += client.recv(4096)
+        if register:
+            frame = encode_text(builders.device_register(f"d{n}", platform="linux", system_info=None))
+            client.send(masked_text_frame(frame.encode()))
+            await trio.lowlevel.wait_readable(client)
+            client.recv(4096)  # the confirmation: registered
+
+
+#: ``--pass-floor``'s keepalive: the devices' pings come due while the server is stopped (it stops this long, longer
+#: than registering them all takes), and their verdicts a second after it goes on.
+SILENT_PING_INTERVAL = 15.0
+SILENT_PING_TIMEOUT = 1.0
+
+
+async def _silent_devices(count: int) -> tuple[int, float, float, float]:
+    """``count`` registered devices that send nothing more and read nothing; then this process is stopped
+    (SIGSTOP; a shell sends SIGCONT) for ``SILENT_PING_INTERVAL``, as a server stopped by a busy machine, so every
+    device's ping is due when it goes on, and a second later every verdict. The pass with the most CPU time from
+    the resumption to the end of the closes the verdicts started."""
+    settings = ServerSettings(ping_interval=SILENT_PING_INTERVAL, ping_timeout=SILENT_PING_TIMEOUT)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, port=0, token=TOKEN, settings=settings))
+        clients: list[socket.socket] = []
+        try:
+            await _connect_clients(server.port, count, clients, register=True)
+            await trio.testing.wait_all_tasks_blocked()
+            waker = await trio.lowlevel.open_process(
+                ["sh", "-c", f"sleep {SILENT_PING_INTERVAL}; kill -CONT {os.getpid()}"]
+            )
+            os.kill(os.getpid(), signal.SIGSTOP)
+            storm = StormPass()
+            trio.lowlevel.add_instrument(storm)
+            try:
+                # The closes wait CLOSE_GRACE for answers that never come.
+                await trio.sleep(SILENT_PING_TIMEOUT + CLOSE_GRACE + 1.0)
+            finally:
+                trio.lowlevel.remove_instrument(storm)
+            await waker.wait()
+        finally:
+            for client in clients:
+                client.close()
+        nursery.cancel_scope.cancel()
+    return storm.most_cpu
+
+
 async def _link_readers(count: int, aip: bool) -> tuple[int, float, float, float]:
     """``count`` clients (non-blocking sockets of this process) on a real server (``serve_links`` with a handler
     that reads each link until it ends; ``aip``: ``serve_aip``, each client a registered device), then every
@@ -550,27 +618,9 @@ async def _link_readers(count: int, aip: bool) -> tuple[int, float, float, float
             port = server.port
         else:
             port = await nursery.start(partial(serve_links, handle, "127.0.0.1", 0, handshake_deadline=5.0))
-        clients = []
+        clients: list[socket.socket] = []
         try:
-            for n in range(count):
-                client = socket.socket()
-                clients.append(client)
-                client.setblocking(False)
-                client.connect_ex(("127.0.0.1", port))
-                await trio.lowlevel.wait_writable(client)
-                client.send(
-                    f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Key: {UPGRADE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-                )
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    await trio.lowlevel.wait_readable(client)
-                    head += client.recv(4096)
-                if aip:
-                    register = encode_text(builders.device_register(f"d{n}", platform="linux", system_info=None))
-                    client.send(masked_text_frame(register.encode()))
-                    await trio.lowlevel.wait_readable(client)
-                    client.recv(4096)  # the confirmation: registered
+            await _connect_clients(port, count, clients, register=aip)
             most = await _storm_pass(clients, lambda client: client.send(CLOSE_FRAME))
         finally:
             for client in clients:
@@ -580,18 +630,22 @@ async def _link_readers(count: int, aip: bool) -> tuple[int, float, float, float
 
 
 RECEIVE = 16 * 1024
-PASS_FLOOR_VARIANTS = {
-    "trio readers (receive_some only)": partial(_bare_readers, paced=False),
-    "... and the close turnstile": partial(_bare_readers, paced=True),
-    "serve_links links (WsLink close path)": partial(_link_readers, aip=False),
-    "serve_aip devices (the whole server)": partial(_link_readers, aip=True),
+#: ``--pass-floor``'s variants: name, label, the coroutine (its figures: steps, wall ms, CPU ms, GC CPU ms).
+PASS_FLOOR_VARIANTS: dict[str, tuple[str, Callable[[int], Any]]] = {
+    "bare": ("trio readers (receive_some only)", partial(_bare_readers, paced=False)),
+    "turnstile": ("... and the close turnstile", partial(_bare_readers, paced=True)),
+    "links": ("serve_links links (WsLink close path)", partial(_link_readers, aip=False)),
+    "aip": ("serve_aip devices (the whole server)", partial(_link_readers, aip=True)),
+    # (the most-CPU pass here, not the most-steps one: a keepalive's verdicts can be one task step)
+    "silent": ("serve_aip devices pinged, then judged silent, after a stop (most-CPU pass)", _silent_devices),
 }
 
 
-async def pass_floor(count: int, repeat: int) -> dict[str, Any]:
+async def pass_floor(count: int, repeat: int, variants: Sequence[str]) -> dict[str, Any]:
     """The storm's pass for each variant, ``repeat`` times: median wall and CPU ms, and CPU per reader in µs."""
     figures: dict[str, Any] = {}
-    for label, variant in PASS_FLOOR_VARIANTS.items():
+    for name in variants:
+        label, variant = PASS_FLOOR_VARIANTS[name]
         runs = [await variant(count) for _ in range(repeat)]
         cpu = percentile([r[2] for r in runs], 50)
         figures[label] = {
@@ -668,12 +722,20 @@ async def _line(stream: trio.abc.ReceiveStream) -> str:
     return line.decode().strip()
 
 
+def _tree_env(tree: str) -> dict[str, str]:
+    """The environment of a child that imports ``galaxy_trio`` from ``tree``. This checkout's root goes on the path
+    too, after ``tree``: ``_common`` puts it first when it is missing (so that a script run from a checkout imports
+    that checkout), and would otherwise shadow ``tree`` (until 2026-12-07 13:10 it did: every ``--base`` server ran
+    this checkout's code)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([tree, str(SCRIPT.parent.parent)])}
+
+
 async def _start_process(
     *args: str, stderr: Any = subprocess.DEVNULL, tree: str | None = None
 ) -> tuple[trio.Process, str]:
     """Start this script in another mode (importing ``galaxy_trio`` from ``tree`` if given); returns the process
     and its first output line."""
-    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
+    env = None if tree is None else _tree_env(tree)
     process = await trio.lowlevel.open_process(
         [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
     )
@@ -977,6 +1039,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "close turnstile; serve_links links; serve_aip devices), and the pass they run in, timed (--repeat times)",
     )
     parser.add_argument("--repeat", type=int, default=5, help="runs of each --pass-floor variant (default 5)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=list(PASS_FLOOR_VARIANTS),
+        help="--pass-floor's variants to run (repeatable; default all; 'silent' stops this process 15 s a run)",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pass-log", help=argparse.SUPPRESS)
@@ -993,23 +1061,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.base is not None:
-        args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
-    if args.serve:
+def _pass_floor_main(args: argparse.Namespace) -> int:
+    """``--pass-floor``: the variants here, or with ``--base``, in a child process on the base tree, then in one on
+    this tree (a before/after in one run), one table per tree."""
+    load = host_load()
+    variants = args.variant or list(PASS_FLOOR_VARIANTS)
+    if args.base is None:
+        # As --serve: the servers' warnings (a verdict each, in the 'silent' variant) are logged, to stderr here.
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-        if args.server_gc == "serve":
-            tune_gc()  # what the CLI's `serve` does, so that these are the figures of the server as shipped
-        instruments = [] if args.pass_log is None else [PassLog(args.pass_log, args.profile_passes)]
-        settings = SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS
-        trio.run(run_server, settings, instruments=instruments)
-        return 0
-    if args.pass_floor is not None:
         tune_gc()
-        load = host_load()
-        figures = trio.run(pass_floor, args.pass_floor, args.repeat)
-        print(describe_load(load))
+        tables = {"this tree": trio.run(pass_floor, args.pass_floor, args.repeat, variants)}
+    else:
+        tables = {}
+        for tree, label in ((args.base, "base"), (str(SCRIPT.parent.parent), "this tree")):
+            out = Path(f"{args.server_log}.pass-floor-{label.replace(' ', '-')}.json")
+            command = [sys.executable, str(SCRIPT), "--pass-floor", str(args.pass_floor), "--repeat", str(args.repeat)]
+            command += [option for name in variants for option in ("--variant", name)]
+            subprocess.run([*command, "--out", str(out)], check=True, env=_tree_env(tree), stdout=subprocess.DEVNULL)
+            tables[label] = json.loads(out.read_text())["pass_floor"]["this tree"]
+    print(describe_load(load))
+    for label, figures in tables.items():
+        print(f"{label}:")
         print(
             _common.markdown_table(
                 [
@@ -1035,9 +1107,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ],
             )
         )
-        if args.out is not None:
-            _common.write_json(args.out, {"environment": _common.environment(), "pass_floor": figures})
+    if args.out is not None:
+        _common.write_json(args.out, {"environment": _common.environment(), "load": load, "pass_floor": tables})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.base is not None:
+        args.base = os.path.abspath(args.base)  # for the child's PYTHONPATH, whatever its working directory
+    if args.serve:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        if args.server_gc == "serve":
+            tune_gc()  # what the CLI's `serve` does, so that these are the figures of the server as shipped
+        instruments = [] if args.pass_log is None else [PassLog(args.pass_log, args.profile_passes)]
+        settings = SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS
+        trio.run(run_server, settings, instruments=instruments)
         return 0
+    if args.pass_floor is not None:
+        return _pass_floor_main(args)
     if args.flood == "manager-servers":
         print(json.dumps(trio.run(flood_manager_servers, args.rate)))
         return 0

@@ -30,6 +30,7 @@ first, labelled ``PHASE (base)``: a before/after in one run, under the same mach
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import itertools
 import json
@@ -37,11 +38,12 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ import _common
 import psutil
 import trio
 import trio.lowlevel
+import trio.testing
 from _device_side import describe_load, host_load
 
 from galaxy_trio.aip import (
@@ -65,7 +68,7 @@ from galaxy_trio.manager import ConstellationDeviceManager, DeviceStatus
 from galaxy_trio.redact import url_with_token
 from galaxy_trio.runtime import tune_gc
 from galaxy_trio.server import ServerSettings, serve_aip
-from galaxy_trio.transport import LinkRequest, open_link, serve_links
+from galaxy_trio.transport import CLOSE_GRACE, LinkRequest, open_link, serve_links
 
 TOKEN = "floods-bench-token"
 SCRIPT = Path(__file__).resolve()
@@ -103,23 +106,32 @@ def _ws(port: int) -> str:
 # --- the server process -----------------------------------------------------------------------------------------
 
 
+#: A pass that starts with more runnable tasks than this is profiled (``--profile-passes``).
+PROFILED_RUNNABLE = 1000
+
 #: A scheduler pass of the server longer than this is logged (``--pass-log``): every other client waits it out.
 LONG_PASS_S = 0.02
 
 
 class PassLog(trio.abc.Instrument):
-    """The server's long scheduler passes, one JSON line each: when it ended (``time.time()``), how long it took,
-    how much CPU time the server spent in it (the rest is the OS running other processes), how many task steps
-    ran in it, and how much of it was a full (generation 2) garbage collection, and how much
-    a young one (generations 0 and 1: with ``serve``'s thresholds a generation-1 collection scans the survivors of
-    50 young ones, which during a ramp are most of the new connections' objects).
+    """The server's long scheduler passes, and those in which a garbage collection ran, one JSON line each: when
+    it ended (``time.time()``), how long it took, how much CPU time the server spent in it (the rest is the OS
+    running other processes), how many task steps ran in it, and how much of it was a full (generation 2)
+    garbage collection, and how much a young one (generations 0 and 1: with ``serve``'s thresholds a generation-1
+    collection scans the survivors of 50 young ones, which during a ramp are most of the new connections' objects).
+    Collections are timed in CPU time, so that one preempted by another process does not count the other's time.
 
     A bystander's round trip on a loaded machine also waits for the CPU; these say what the server itself did.
     Costs four clock reads a pass and a counter a task step.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, profile_dir: str | None = None) -> None:
         self._file = open(path, "w", buffering=1)  # (open for the server process's life)
+        #: With ``profile_dir``, every pass that starts with over PROFILED_RUNNABLE runnable tasks runs under
+        #: cProfile (a pstats file each): where the time of a storm's pass goes, that pass alone.
+        self._profile_dir = profile_dir
+        self._profiler: cProfile.Profile | None = None
+        self._profiled = 0
         self._started = 0.0
         self._cpu_started = 0.0
         self._steps = 0
@@ -130,13 +142,16 @@ class PassLog(trio.abc.Instrument):
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._gc_started = time.perf_counter()
+            self._gc_started = time.thread_time()
         elif info["generation"] == 2:
-            self._gc_s += time.perf_counter() - self._gc_started
+            self._gc_s += time.thread_time() - self._gc_started
         else:
-            self._young_gc_s += time.perf_counter() - self._gc_started
+            self._young_gc_s += time.thread_time() - self._gc_started
 
     def after_io_wait(self, timeout: float) -> None:
+        if self._profile_dir is not None and trio.lowlevel.current_statistics().tasks_runnable > PROFILED_RUNNABLE:
+            self._profiler = cProfile.Profile()
+            self._profiler.enable()
         self._started = time.perf_counter()
         self._cpu_started = time.thread_time()
         self._steps = 0
@@ -148,7 +163,12 @@ class PassLog(trio.abc.Instrument):
 
     def before_io_wait(self, timeout: float) -> None:
         took = time.perf_counter() - self._started
-        if self._started and took > LONG_PASS_S:
+        if self._profiler is not None:
+            self._profiler.disable()
+            self._profiled += 1
+            self._profiler.dump_stats(f"{self._profile_dir}/pass-{self._profiled}.pstats")
+            self._profiler = None
+        if self._started and (took > LONG_PASS_S or self._gc_s or self._young_gc_s):
             line = {
                 "t": time.time(),
                 "ms": 1000 * took,
@@ -161,16 +181,22 @@ class PassLog(trio.abc.Instrument):
 
 
 def pass_figures(path: Path, start: float, end: float) -> dict[str, Any]:
-    """The server's long passes that ended between ``start`` and ``end`` (``time.time()``)."""
-    passes = [p for line in path.read_text().splitlines() if start <= (p := json.loads(line))["t"] < end]
+    """The server's long passes that ended between ``start`` and ``end`` (``time.time()``), and its collections
+    (every pass in which one ran is logged)."""
+    logged = [p for line in path.read_text().splitlines() if start <= (p := json.loads(line))["t"] < end]
+    passes = [p for p in logged if p["ms"] > 1000 * LONG_PASS_S]
     return {
         "server_long_passes": len(passes),
         "server_longest_pass_ms": round(max((p["ms"] for p in passes), default=0.0), 1),
         # The server's own CPU time in its longest-CPU pass: the rest of a long pass's wall time is the OS's.
         "server_most_cpu_in_a_pass_ms": round(max((p.get("cpu_ms", 0.0) for p in passes), default=0.0), 1),
         "server_most_steps_in_a_pass": max((p["steps"] for p in passes), default=0),
-        "server_full_gc_ms": round(sum(p["gc_ms"] for p in passes), 1),
-        "server_young_gc_ms": round(sum(p.get("young_gc_ms", 0.0) for p in passes), 1),  # (a base tree's log too)
+        "server_full_gc_ms": round(sum(p["gc_ms"] for p in logged), 1),
+        "server_young_gc_ms": round(sum(p.get("young_gc_ms", 0.0) for p in logged), 1),  # (a base tree's log too)
+        # The most collection time in one pass: what a collection adds to a bystander's round trip at worst.
+        "server_most_gc_in_a_pass_ms": round(
+            max((p["gc_ms"] + p.get("young_gc_ms", 0.0) for p in logged), default=0.0), 1
+        ),
     }
 
 
@@ -428,6 +454,211 @@ def _manager_gaps(beats: dict[str, list[float]], interval: float) -> dict[str, A
     }
 
 
+# --- one storm's pass, taken apart (``--pass-floor``, in this process) ----------------------------------------------
+
+#: A client's close frame (FIN, opcode 8, masked, empty payload, all-zero key): what the storm's readers wake to.
+CLOSE_FRAME = b"\x88\x80\0\0\0\0"
+UPGRADE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+class StormPass(trio.abc.Instrument):
+    """The pass with the most task steps: its wall and CPU time, and the CPU time of the collections in it (the
+    storm's pass, once readers all wake)."""
+
+    def __init__(self) -> None:
+        self.most: tuple[int, float, float, float] = (0, 0.0, 0.0, 0.0)  # (steps, wall ms, cpu ms, gc cpu ms)
+        #: The same figures of the pass with the most CPU time.
+        self.most_cpu: tuple[int, float, float, float] = (0, 0.0, 0.0, 0.0)
+        self._steps = 0
+        self._started = self._cpu_started = self._gc_started = self._gc_s = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.thread_time()
+        else:
+            self._gc_s += time.thread_time() - self._gc_started
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._steps = 0
+        self._gc_s = 0.0
+        self._started, self._cpu_started = time.perf_counter(), time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._steps += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        if not self._started:
+            return
+        cpu = 1000 * (time.thread_time() - self._cpu_started)
+        figures = (self._steps, 1000 * (time.perf_counter() - self._started), cpu, 1000 * self._gc_s)
+        if self._steps > self.most[0]:
+            self.most = figures
+        if cpu > self.most_cpu[2]:
+            self.most_cpu = figures
+
+
+async def _storm_pass(readers: list[Any], wake: Callable[[Any], object]) -> tuple[int, float, float, float]:
+    """Wait until every reader is parked, wake them all in one task step, and time the pass they run in (the one
+    with the most task steps, once everything is blocked again)."""
+    await trio.testing.wait_all_tasks_blocked()
+    gc.collect()
+    storm = StormPass()
+    trio.lowlevel.add_instrument(storm)
+    gc.callbacks.append(storm.on_gc)
+    try:
+        for reader in readers:
+            wake(reader)  # (plain writes, no schedule point: every reader becomes readable in this one step)
+        await trio.testing.wait_all_tasks_blocked()
+    finally:
+        gc.callbacks.remove(storm.on_gc)
+        trio.lowlevel.remove_instrument(storm)
+    return storm.most
+
+
+async def _bare_readers(count: int, paced: bool) -> tuple[int, float, float, float]:
+    """``count`` trio socket streams, each read by a task parked in ``receive_some``; then ``paced``, each goes
+    through a close turnstile (what ``WsLink._read`` does with a close frame) and no further."""
+    from galaxy_trio.transport._pacing import PassTurnstile
+
+    turnstile = PassTurnstile(16)
+    pairs = [socket.socketpair() for _ in range(count)]
+
+    async def read(stream: trio.SocketStream) -> None:
+        await stream.receive_some(RECEIVE)
+        if paced:
+            await turnstile.pass_through()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for theirs, _ in pairs:
+                nursery.start_soon(read, trio.SocketStream(trio.socket.from_stdlib_socket(theirs)))
+            return await _storm_pass([ours for _, ours in pairs], lambda ours: ours.send(CLOSE_FRAME))
+    finally:
+        for _, ours in pairs:
+            ours.close()
+
+
+async def _connect_clients(port: int, count: int, clients: list[socket.socket], *, register: bool) -> None:
+    """``count`` clients of this process (non-blocking sockets, appended to ``clients``), upgraded one at a time;
+    ``register``: each then a registered device (its confirmation read)."""
+    for n in range(count):
+        client = socket.socket()
+        clients.append(client)
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        await trio.lowlevel.wait_writable(client)
+        client.send(
+            f"GET /ws?token={TOKEN} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {UPGRADE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            await trio.lowlevel.wait_readable(client)
+            head += client.recv(4096)
+        if register:
+            frame = encode_text(builders.device_register(f"d{n}", platform="linux", system_info=None))
+            client.send(masked_text_frame(frame.encode()))
+            await trio.lowlevel.wait_readable(client)
+            client.recv(4096)  # the confirmation: registered
+
+
+#: ``--pass-floor``'s keepalive: the devices' pings come due while the server is stopped (it stops this long, longer
+#: than registering them all takes), and their verdicts a second after it goes on.
+SILENT_PING_INTERVAL = 15.0
+SILENT_PING_TIMEOUT = 1.0
+
+
+async def _silent_devices(count: int) -> tuple[int, float, float, float]:
+    """``count`` registered devices that send nothing more and read nothing; then this process is stopped
+    (SIGSTOP; a shell sends SIGCONT) for ``SILENT_PING_INTERVAL``, as a server stopped by a busy machine, so every
+    device's ping is due when it goes on, and a second later every verdict. The pass with the most CPU time from
+    the resumption to the end of the closes the verdicts started."""
+    settings = ServerSettings(ping_interval=SILENT_PING_INTERVAL, ping_timeout=SILENT_PING_TIMEOUT)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_aip, port=0, token=TOKEN, settings=settings))
+        clients: list[socket.socket] = []
+        try:
+            await _connect_clients(server.port, count, clients, register=True)
+            await trio.testing.wait_all_tasks_blocked()
+            waker = await trio.lowlevel.open_process(
+                ["sh", "-c", f"sleep {SILENT_PING_INTERVAL}; kill -CONT {os.getpid()}"]
+            )
+            os.kill(os.getpid(), signal.SIGSTOP)
+            storm = StormPass()
+            trio.lowlevel.add_instrument(storm)
+            try:
+                # The closes wait CLOSE_GRACE for answers that never come.
+                await trio.sleep(SILENT_PING_TIMEOUT + CLOSE_GRACE + 1.0)
+            finally:
+                trio.lowlevel.remove_instrument(storm)
+            await waker.wait()
+        finally:
+            for client in clients:
+                client.close()
+        nursery.cancel_scope.cancel()
+    return storm.most_cpu
+
+
+async def _link_readers(count: int, aip: bool) -> tuple[int, float, float, float]:
+    """``count`` clients (non-blocking sockets of this process) on a real server (``serve_links`` with a handler
+    that reads each link until it ends; ``aip``: ``serve_aip``, each client a registered device), then every
+    client's close frame at once: the server's whole close path runs, the pass timed is the first one."""
+
+    async def handle(request: LinkRequest) -> None:
+        link = await request.accept()
+        try:
+            while True:
+                await link.receive()
+        except LinkError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        if aip:
+            server = await nursery.start(partial(serve_aip, port=0, token=TOKEN, settings=ServerSettings()))
+            port = server.port
+        else:
+            port = await nursery.start(partial(serve_links, handle, "127.0.0.1", 0, handshake_deadline=5.0))
+        clients: list[socket.socket] = []
+        try:
+            await _connect_clients(port, count, clients, register=aip)
+            most = await _storm_pass(clients, lambda client: client.send(CLOSE_FRAME))
+        finally:
+            for client in clients:
+                client.close()
+        nursery.cancel_scope.cancel()
+    return most
+
+
+RECEIVE = 16 * 1024
+#: ``--pass-floor``'s variants: name, label, the coroutine (its figures: steps, wall ms, CPU ms, GC CPU ms).
+PASS_FLOOR_VARIANTS: dict[str, tuple[str, Callable[[int], Any]]] = {
+    "bare": ("trio readers (receive_some only)", partial(_bare_readers, paced=False)),
+    "turnstile": ("... and the close turnstile", partial(_bare_readers, paced=True)),
+    "links": ("serve_links links (WsLink close path)", partial(_link_readers, aip=False)),
+    "aip": ("serve_aip devices (the whole server)", partial(_link_readers, aip=True)),
+    # (the most-CPU pass here, not the most-steps one: a keepalive's verdicts can be one task step)
+    "silent": ("serve_aip devices pinged, then judged silent, after a stop (most-CPU pass)", _silent_devices),
+}
+
+
+async def pass_floor(count: int, repeat: int, variants: Sequence[str]) -> dict[str, Any]:
+    """The storm's pass for each variant, ``repeat`` times: median wall and CPU ms, and CPU per reader in µs."""
+    figures: dict[str, Any] = {}
+    for name in variants:
+        label, variant = PASS_FLOOR_VARIANTS[name]
+        runs = [await variant(count) for _ in range(repeat)]
+        cpu = percentile([r[2] for r in runs], 50)
+        figures[label] = {
+            "steps": max(r[0] for r in runs),
+            "pass_ms": round(percentile([r[1] for r in runs], 50), 1),
+            "cpu_ms": round(cpu, 1),
+            "cpu_us_per_reader": round(1000 * cpu / count, 1),
+            "cpu_ms_each_run": [round(r[2], 1) for r in runs],
+            "gc_cpu_ms_each_run": [round(r[3], 1) for r in runs],
+        }
+    return figures
+
+
 # --- the bystander and the phases (this process) ------------------------------------------------------------------
 
 
@@ -491,12 +722,20 @@ async def _line(stream: trio.abc.ReceiveStream) -> str:
     return line.decode().strip()
 
 
+def _tree_env(tree: str) -> dict[str, str]:
+    """The environment of a child that imports ``galaxy_trio`` from ``tree``. This checkout's root goes on the path
+    too, after ``tree``: ``_common`` puts it first when it is missing (so that a script run from a checkout imports
+    that checkout), and would otherwise shadow ``tree`` (until 2026-12-07 13:10 it did: every ``--base`` server ran
+    this checkout's code)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([tree, str(SCRIPT.parent.parent)])}
+
+
 async def _start_process(
     *args: str, stderr: Any = subprocess.DEVNULL, tree: str | None = None
 ) -> tuple[trio.Process, str]:
     """Start this script in another mode (importing ``galaxy_trio`` from ``tree`` if given); returns the process
     and its first output line."""
-    env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
+    env = None if tree is None else _tree_env(tree)
     process = await trio.lowlevel.open_process(
         [sys.executable, str(SCRIPT), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env
     )
@@ -529,9 +768,17 @@ async def _flood(
     )
     ramp: dict[str, Any] = {}
     assert process.stdout is not None
+    spy: trio.Process | None = None
     if kind == "held":
         ramp = json.loads(first)
         bystander.phase = "held" + suffix
+        if args.spy_release is not None and not suffix:
+            # Sampling starts while the devices are held (idle, so hardly a sample) and ends after the release.
+            spy = await trio.lowlevel.open_process(
+                ["py-spy", "record", "--pid", str(server_pid), "--rate", str(args.spy_rate), "--format", "raw",
+                 "--output", args.spy_release],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         await _line(process.stdout)
         if paused:
             bystander.phase = PAUSED
@@ -562,6 +809,9 @@ async def _flood(
                     break
                 await trio.sleep(0.05)
         result["release_s"] = round(trio.current_time() - released, 2)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        await spy.wait()
     return result
 
 
@@ -608,7 +858,15 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     }
     gc_mode = ("--server-gc", args.server_gc)
     base_gc_mode = ("--server-gc", args.base_server_gc or args.server_gc)
-    server, port_line = await _start_process("--serve", *gc_mode, "--pass-log", str(pass_logs[""]), stderr=server_log)
+    profiling: dict[str, tuple[str, ...]] = {"": (), " (base)": ()}
+    if args.profile_passes is not None:
+        profiling = {
+            "": ("--profile-passes", args.profile_passes),
+            " (base)": ("--profile-passes", str(Path(args.profile_passes, "base"))),
+        }
+    server, port_line = await _start_process(
+        "--serve", *gc_mode, "--pass-log", str(pass_logs[""]), *profiling[""], stderr=server_log
+    )
     unbounded, unbounded_port = await _start_process("--serve", *gc_mode, "--unbounded", stderr=server_log)
     servers = [server, unbounded]
     # (label suffix, server process, its port, its bystander): the base tree's server first, when asked for.
@@ -616,7 +874,13 @@ async def measure(args: argparse.Namespace, server_log: Any) -> dict[str, Any]:
     try:
         if args.base is not None:
             base, base_port = await _start_process(
-                "--serve", *base_gc_mode, "--pass-log", str(pass_logs[" (base)"]), stderr=server_log, tree=args.base
+                "--serve",
+                *base_gc_mode,
+                "--pass-log",
+                str(pass_logs[" (base)"]),
+                *profiling[" (base)"],
+                stderr=server_log,
+                tree=args.base,
             )
             servers.append(base)
             mains.append((" (base)", base, int(base_port), Bystander()))
@@ -688,6 +952,7 @@ PASS_COLUMNS = (
     "server_most_steps_in_a_pass",
     "server_full_gc_ms",
     "server_young_gc_ms",
+    "server_most_gc_in_a_pass_ms",
 )
 
 
@@ -713,7 +978,7 @@ def render(results: dict[str, Any]) -> str:
         [
             "phase", "beats", "p50 ms", "p99 ms", "max ms", "server RSS MiB", "server fds", "server CPU s",
             "passes > 20 ms", "longest pass ms", "most CPU in a pass ms", "most steps in a pass", "full GC ms",
-            "young GC ms", "flood",
+            "young GC ms", "most GC in a pass ms", "flood",
         ],
         rows,
     )  # fmt: skip
@@ -723,6 +988,7 @@ def render(results: dict[str, Any]) -> str:
     )
 
 
+GC_MODES = ("serve", "default")
 PHASES = ("baseline", "frames", "frames-unbounded", "silent", "held", "deaf", "manager")
 
 
@@ -741,16 +1007,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     _common.add_out_argument(parser)
     parser.add_argument(
         "--server-gc",
-        choices=("serve", "default"),
+        choices=GC_MODES,
         default="serve",
         help="the servers' garbage collector: as `python -m galaxy_trio serve` sets it (runtime.tune_gc, the "
         "default), or Python's default thresholds",
     )
     parser.add_argument(
         "--base-server-gc",
-        choices=("serve", "default"),
+        choices=GC_MODES,
         help="the --base server's garbage collector, if not --server-gc's (with --base DIR = this tree: what the "
         "thresholds buy, in one run)",
+    )
+    parser.add_argument(
+        "--spy-release",
+        metavar="FILE",
+        help="profile the main server with py-spy (raw format, to FILE) from the end of the held ramp to the end of "
+        "the release; summarise it with benchmarks/spy_summary.py",
+    )
+    parser.add_argument("--spy-rate", type=int, default=1000, help="py-spy samples a second (default 1000)")
+    parser.add_argument(
+        "--profile-passes",
+        metavar="DIR",
+        help=f"the servers run each scheduler pass that starts with over {PROFILED_RUNNABLE} runnable tasks under "
+        "cProfile, one pstats file each in DIR (the main server's; the base's, in DIR/base)",
+    )
+    parser.add_argument(
+        "--pass-floor",
+        type=int,
+        metavar="N",
+        help="instead of the phases: N readers woken in one step, in this process (bare trio sockets; with the "
+        "close turnstile; serve_links links; serve_aip devices), and the pass they run in, timed (--repeat times)",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each --pass-floor variant (default 5)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=list(PASS_FLOOR_VARIANTS),
+        help="--pass-floor's variants to run (repeatable; default all; 'silent' stops this process 15 s a run)",
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbounded", action="store_true", help=argparse.SUPPRESS)
@@ -768,6 +1061,57 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _pass_floor_main(args: argparse.Namespace) -> int:
+    """``--pass-floor``: the variants here, or with ``--base``, in a child process on the base tree, then in one on
+    this tree (a before/after in one run), one table per tree."""
+    load = host_load()
+    variants = args.variant or list(PASS_FLOOR_VARIANTS)
+    if args.base is None:
+        # As --serve: the servers' warnings (a verdict each, in the 'silent' variant) are logged, to stderr here.
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        tune_gc()
+        tables = {"this tree": trio.run(pass_floor, args.pass_floor, args.repeat, variants)}
+    else:
+        tables = {}
+        for tree, label in ((args.base, "base"), (str(SCRIPT.parent.parent), "this tree")):
+            out = Path(f"{args.server_log}.pass-floor-{label.replace(' ', '-')}.json")
+            command = [sys.executable, str(SCRIPT), "--pass-floor", str(args.pass_floor), "--repeat", str(args.repeat)]
+            command += [option for name in variants for option in ("--variant", name)]
+            subprocess.run([*command, "--out", str(out)], check=True, env=_tree_env(tree), stdout=subprocess.DEVNULL)
+            tables[label] = json.loads(out.read_text())["pass_floor"]["this tree"]
+    print(describe_load(load))
+    for label, figures in tables.items():
+        print(f"{label}:")
+        print(
+            _common.markdown_table(
+                [
+                    "readers woken at once",
+                    "steps",
+                    "pass ms",
+                    "CPU ms",
+                    "CPU µs per reader",
+                    "CPU ms, each run",
+                    "of which GC",
+                ],
+                [
+                    [
+                        k,
+                        v["steps"],
+                        v["pass_ms"],
+                        v["cpu_ms"],
+                        v["cpu_us_per_reader"],
+                        v["cpu_ms_each_run"],
+                        v["gc_cpu_ms_each_run"],
+                    ]
+                    for k, v in figures.items()
+                ],
+            )
+        )
+    if args.out is not None:
+        _common.write_json(args.out, {"environment": _common.environment(), "load": load, "pass_floor": tables})
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.base is not None:
@@ -776,9 +1120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
         if args.server_gc == "serve":
             tune_gc()  # what the CLI's `serve` does, so that these are the figures of the server as shipped
-        instruments = [] if args.pass_log is None else [PassLog(args.pass_log)]
-        trio.run(run_server, SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS, instruments=instruments)
+        instruments = [] if args.pass_log is None else [PassLog(args.pass_log, args.profile_passes)]
+        settings = SHORT_SETTINGS if args.unbounded else MAIN_SETTINGS
+        trio.run(run_server, settings, instruments=instruments)
         return 0
+    if args.pass_floor is not None:
+        return _pass_floor_main(args)
     if args.flood == "manager-servers":
         print(json.dumps(trio.run(flood_manager_servers, args.rate)))
         return 0
@@ -791,6 +1138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(trio.run(floods[args.flood])))
         return 0
+    if args.profile_passes is not None:
+        Path(args.profile_passes, "base").mkdir(parents=True, exist_ok=True)
     load = host_load()
     log = Path(args.server_log)
     with log.open("wb") as server_log:

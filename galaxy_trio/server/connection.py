@@ -83,12 +83,17 @@ class BoundedLink:
     COMMAND or a TASK_END to a peer that reads nothing fails at the deadline instead of hanging on it.
     """
 
-    __slots__ = ("_deadline", "_link", "_on_stuck")
+    __slots__ = ("__weakref__", "_deadline", "_link", "_on_stuck")
 
     def __init__(self, link: ServerLink, deadline: float, on_stuck: Callable[[], None]) -> None:
         self._link = link
         self._deadline = deadline
-        self._on_stuck = on_stuck
+        self._on_stuck: Callable[[], None] | None = on_stuck
+
+    def let_go(self) -> None:
+        """The connection is over: forget its callback. A send that is stuck from now on still raises, and the
+        connection (which the callback holds) is not kept alive, nor in a cycle, by whoever still holds this."""
+        self._on_stuck = None
 
     @property
     def closed(self) -> bool:
@@ -101,7 +106,9 @@ class BoundedLink:
         with trio.move_on_after(self._deadline) as sending:
             await self._link.send_text(text)
         if sending.cancelled_caught:
-            self._on_stuck()
+            on_stuck = self._on_stuck
+            if on_stuck is not None:
+                on_stuck()
             raise LinkClosed(CLOSE_POLICY_VIOLATION, NOT_READING)
 
     async def receive(self) -> str:
@@ -113,6 +120,7 @@ class BoundedLink:
 
 class _Connection:
     __slots__ = (
+        "__weakref__",
         "_budget",
         "_close_code",
         "_close_reason",
@@ -181,6 +189,7 @@ class _Connection:
         finally:
             self._forget_keepalive()
             self._disconnect()
+            self._let_go()
             await self._link.aclose(self._close_code, self._close_reason)
 
     async def _read(self, record: ClientRecord, first_task: ClientMessage | None) -> ClientMessage | None:
@@ -439,6 +448,15 @@ class _Connection:
             CLOSE_NORMAL,
             "target device disconnected",
         )
+
+    def _let_go(self) -> None:
+        """Break the cycles between this connection and what outlives it, so that reference counting alone frees
+        it once it ends: its record's callback and its bounded link's both hold this object, and the record holds
+        the bounded link (a session settling may still hold the record, or the link). Never awaits."""
+        self._out.let_go()
+        record = self._record
+        if record is not None:
+            record.on_target_gone = None
 
     def _disconnect(self) -> None:
         """Leave the registry and settle every session this client was part of. Idempotent, never awaits."""

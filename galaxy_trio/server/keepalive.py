@@ -20,6 +20,13 @@ unanswered ping closed it). The new rule is never stricter than the old one. (Wi
 ``interval``, the ping after an answer waits for the previous ping's verdict time, ``timeout`` after it, where the
 old keepalive sent it ``interval`` after the pong: later, never sooner.)
 
+A keepalive acts on at most ``per_pass`` links (a ping sent or a verdict given) per pass of trio's scheduler; the
+rest of what is due waits for the next passes, in due order. Why: links whose entries come due together (every
+link pinged after the server was stopped for longer than ``interval``, a partition's worth of verdicts) would
+otherwise all be acted on in one step, and every connection told in that step wakes in the same next pass: 5,000
+closing in one pass hold every other client for 100-150 ms (issue #15 item 3; a turnstile after the wake-up
+cannot spread the wake-up itself). A due entry is then late by a few passes at most.
+
 How: each watched link has one entry in a heap of due times. A due ping is taken lazily: if the peer was heard
 since, the entry moves to ``heard_at + interval`` and nothing is sent, so links that talk are never pinged. Pings
 go out from short tasks of the keepalive's own nursery (a peer that stopped reading may block its ping's send,
@@ -46,6 +53,10 @@ __all__ = ["Keepalive", "LinkWatch", "Watched"]
 
 #: Forgotten entries tolerated in the heap beyond the live ones before it is rebuilt without them.
 _COMPACT_SLACK: Final = 1024
+
+#: How many links the keepalive acts on (pings or verdicts) per scheduler pass, by default: the number of closes
+#: a server handles per pass (``transport.server.DEFAULT_CLOSES_PER_PASS``), for the same reason.
+DEFAULT_ACTIONS_PER_PASS: Final = 16
 
 
 class Watched(Protocol):
@@ -90,11 +101,14 @@ class LinkWatch:
 class Keepalive:
     """The server-wide keepalive (see the module docstring). :meth:`run` is its task, in the server's nursery."""
 
-    __slots__ = ("_forgotten", "_heap", "_interval", "_live", "_order", "_sleep", "_timeout")
+    __slots__ = ("_forgotten", "_heap", "_interval", "_live", "_order", "_per_pass", "_sleep", "_timeout")
 
-    def __init__(self, interval: float, timeout: float) -> None:
+    def __init__(self, interval: float, timeout: float, *, per_pass: int = DEFAULT_ACTIONS_PER_PASS) -> None:
+        if per_pass < 1:
+            raise ValueError(f"a keepalive acts on at least one link per pass, not {per_pass}")
         self._interval = interval
         self._timeout = timeout
+        self._per_pass = per_pass
         #: (due, order, watch): the watch's next ping (``pinged_at`` None) or verdict (``pinged_at`` set).
         self._heap: list[tuple[float, int, LinkWatch]] = []
         self._order = itertools.count()  # ties in due time: first in, first out; watches are never compared
@@ -142,10 +156,12 @@ class Keepalive:
                 self._take_due(trio.current_time(), pings)
 
     def _take_due(self, now: float, pings: trio.Nursery) -> None:
-        """Act on every entry due by ``now``. Never awaits, so no link is watched or forgotten meanwhile."""
+        """Act on the entries due by ``now``, up to ``per_pass`` pings and verdicts (the rest stay due, for the next
+        passes: :meth:`run` comes back at once). Never awaits, so no link is watched or forgotten meanwhile."""
         heap = self._heap
         interval = self._interval
-        while heap and heap[0][0] <= now:
+        actions = self._per_pass
+        while heap and heap[0][0] <= now and actions:
             _, _, watch = heapq.heappop(heap)
             link = watch.link
             if link is None:
@@ -159,6 +175,7 @@ class Keepalive:
                     continue
                 watch.pinged_at = now
                 pings.start_soon(self._ping, link)
+                actions -= 1
                 self._push(now + self._timeout, watch)
             elif heard_at >= pinged_at:
                 watch.pinged_at = None
@@ -171,6 +188,7 @@ class Keepalive:
                 on_silent = watch.end()
                 assert on_silent is not None  # (a watch with a link has its callback)
                 self._live -= 1
+                actions -= 1
                 try:
                     on_silent()
                 except Exception:

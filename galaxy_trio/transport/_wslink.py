@@ -61,6 +61,7 @@ class WsLink:
     :meth:`.server.LinkRequest.accept`."""
 
     __slots__ = (
+        "__weakref__",
         "_close_code",
         "_close_paced",
         "_close_reason",

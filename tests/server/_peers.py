@@ -9,6 +9,7 @@ sends decodes as a ServerMessage and re-encodes to the very same bytes, the prop
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -187,9 +188,17 @@ class RawPeer:
         self._ping: wsproto.events.Ping | None = None
 
     @classmethod
-    async def open(cls, server: AIPServer) -> RawPeer:
-        """Connect and upgrade (no REGISTER yet)."""
-        peer = cls(await trio.open_tcp_stream("127.0.0.1", server.port))
+    async def open(cls, server: AIPServer, *, rcvbuf: int | None = None) -> RawPeer:
+        """Connect and upgrade (no REGISTER yet); ``rcvbuf`` shrinks the socket's receive buffer (a peer whose
+        TCP window fills fast)."""
+        if rcvbuf is None:
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        else:
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            await sock.connect(("127.0.0.1", server.port))
+            stream = trio.SocketStream(sock)
+        peer = cls(stream)
         await peer.stream.send_all(peer.ws.send(wsproto.events.Request(host="127.0.0.1", target=f"/ws?token={TOKEN}")))
         assert isinstance(await peer._next_event(), wsproto.events.AcceptConnection)
         return peer
@@ -212,6 +221,14 @@ class RawPeer:
 
     async def send(self, message: ClientMessage) -> None:
         await self.stream.send_all(self.ws.send(wsproto.events.TextMessage(data=encode_text(message))))
+
+    def frames(self, message: ClientMessage, count: int) -> bytes:
+        """``count`` copies of ``message``'s text frame, to write at once."""
+        event = wsproto.events.TextMessage(data=encode_text(message))
+        return b"".join(self.ws.send(event) for _ in range(count))
+
+    async def send_binary(self, data: bytes) -> None:
+        await self.stream.send_all(self.ws.send(wsproto.events.BytesMessage(data=data)))
 
     async def receive(self) -> ServerMessage:
         """The next event, which must be a text frame; decoded."""

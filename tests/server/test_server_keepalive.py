@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -19,7 +20,7 @@ import trio.testing
 
 from galaxy_trio.aip import ClientType, builders
 from galaxy_trio.server import ServerSettings
-from galaxy_trio.server.keepalive import Keepalive
+from galaxy_trio.server.keepalive import DEFAULT_ACTIONS_PER_PASS, Keepalive
 from galaxy_trio.transport import ClientLink, LinkRequest, ServerLink, open_link, serve_links
 
 from ._peers import RAW_GUARD, RawPeer, start_server
@@ -317,3 +318,65 @@ async def test_a_forgotten_watch_keeps_nothing_of_its_connection_alive(autojump_
         assert keepalive.watching == 0
         await trio.sleep(INTERVAL + TIMEOUT + 1)  # its entry comes due: dropped, nothing called
         nursery.cancel_scope.cancel()
+
+
+class _PassCounter(trio.abc.Instrument):
+    """Counts the scheduler's passes (each starts after an I/O wait)."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.passes += 1
+
+
+class _SilentLink:
+    """A watched link that was heard once, when made, and never again; it records the pass of each ping sent."""
+
+    def __init__(self, counter: _PassCounter, pinged_in: list[int]) -> None:
+        self.heard_at = trio.current_time()
+        self._counter = counter
+        self._pinged_in = pinged_in
+
+    def has_unread_data(self) -> bool:
+        return False
+
+    async def send_ping(self) -> None:
+        self._pinged_in.append(self._counter.passes)
+        await trio.lowlevel.checkpoint()
+
+
+async def test_links_due_together_are_pinged_and_judged_a_few_per_pass_at_their_due_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Links heard last at the same instant are all due at the same instant: pinged, then judged, at most
+    ``per_pass`` per scheduler pass (passes counted by an Instrument), each still at its due time on the clock."""
+    keepalive = Keepalive(INTERVAL, TIMEOUT)
+    count = 5 * DEFAULT_ACTIONS_PER_PASS
+    counter = _PassCounter()
+    pinged_in: list[int] = []
+    judged: list[tuple[int, float]] = []
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keepalive.run)
+            opened_at = trio.current_time()
+            for _ in range(count):
+                keepalive.watch(
+                    _SilentLink(counter, pinged_in), lambda: judged.append((counter.passes, trio.current_time()))
+                )
+            await trio.sleep(INTERVAL + TIMEOUT + 1)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert len(pinged_in) == count and max(Counter(pinged_in).values()) == DEFAULT_ACTIONS_PER_PASS
+    assert len(set(pinged_in)) == 5  # five passes in a row, a few each: none of them waited on the clock
+    assert len(judged) == count and max(Counter(p for p, _ in judged).values()) == DEFAULT_ACTIONS_PER_PASS
+    assert {at for _, at in judged} == {opened_at + INTERVAL + TIMEOUT}
+    assert keepalive.watching == 0
+
+
+@pytest.mark.parametrize("per_pass", [0, -1])
+def test_a_keepalive_acts_on_at_least_one_link_per_pass(per_pass: int) -> None:
+    with pytest.raises(ValueError, match="at least one link per pass"):
+        Keepalive(INTERVAL, TIMEOUT, per_pass=per_pass)

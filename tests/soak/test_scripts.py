@@ -46,6 +46,20 @@ def test_floods_reports_every_phase_it_ran(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_floods_pass_floor_wakes_every_reader_in_one_pass_and_the_keepalive_a_few_per_pass(tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    done = _run("floods.py", "--pass-floor", "40", "--repeat", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["pass_floor"]["this tree"]
+    silent = rows.pop("serve_aip devices pinged, then judged silent, after a stop (most-CPU pass)")
+    assert len(rows) == 4
+    for name, row in rows.items():
+        assert row["steps"] == 40, name  # what the figure is about: all 40 readers woken in the same pass
+        assert len(row["cpu_ms_each_run"]) == 1 and row["cpu_ms"] >= 0, name
+    assert 0 < silent["steps"] <= 16 + 1  # the keepalive acts on 16 links a pass (+ its own step)
+
+
+@pytest.mark.slow
 def test_soak_runs_and_reports_no_violation(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     done = _run("soak.py", "--minutes", "0.15", "--devices", "3", "--callers", "2", "--warmup", "2", "--out", str(out))

@@ -22,6 +22,7 @@ import ctypes.util
 import gc
 import linecache
 import os
+import re
 import sys
 import tempfile
 import time
@@ -63,6 +64,31 @@ def malloc_figures() -> dict[str, float]:
         "in_use": round((info.uordblks + info.hblkhd) / MIB, 1),
         "free": round(info.fordblks / MIB, 1),
     }
+
+
+def malloc_heaps() -> list[tuple[float, float]]:
+    """glibc's arenas one by one (MiB): (size, free) of each. Arena 0 is the main thread's (Python and trio run
+    there); the others serve other threads — valkey-glide's Rust runtime — so where the free bytes pile up says
+    whose allocations left them. From ``malloc_info``, which writes XML to a ``FILE*``."""
+    if _LIBC is None or getattr(_LIBC, "malloc_info", None) is None:
+        return []
+    _LIBC.fopen.restype = ctypes.c_void_p
+    _LIBC.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    _LIBC.fclose.argtypes = [ctypes.c_void_p]
+    _LIBC.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    with tempfile.NamedTemporaryFile() as captured:
+        stream = _LIBC.fopen(captured.name.encode(), b"w")
+        if not stream:
+            return []
+        _LIBC.malloc_info(0, stream)
+        _LIBC.fclose(stream)
+        xml = captured.read().decode(errors="replace")
+    heaps = []
+    for heap in re.findall(r'<heap nr="\d+">(.*?)</heap>', xml, re.S):
+        free = sum(int(size) for size in re.findall(r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"/>', heap))
+        current = re.search(r'<system type="current" size="(\d+)"/>', heap)
+        heaps.append((round(int(current.group(1)) / MIB, 1) if current else 0.0, round(free / MIB, 1)))
+    return heaps
 
 
 def pymalloc_figures() -> dict[str, float]:
@@ -111,10 +137,11 @@ class MemoryTrace:
     def __init__(self, frames: int = 8, top: int = 15) -> None:
         self.frames = frames
         self.top = top
-        self.samples: list[dict[str, float]] = []
+        self.samples: list[dict[str, Any]] = []
         self._snapshot: tracemalloc.Snapshot | None = None
         self._types: Counter[str] = Counter()
         self._since = 0.0
+        self._started_tracing = False
 
     def baseline(self) -> None:
         """Count live objects by type and start tracing; the snapshot waits for the first :meth:`sample`, so that
@@ -124,6 +151,7 @@ class MemoryTrace:
         self._since = time.monotonic()
         if self.frames and not tracemalloc.is_tracing():
             tracemalloc.start(self.frames)
+            self._started_tracing = True
         self.sample(0.0)
 
     def sample(self, elapsed: float) -> None:
@@ -139,6 +167,7 @@ class MemoryTrace:
                 **malloc_figures(),
                 **{f"pymalloc_{name}": value for name, value in pymalloc_figures().items()},
                 "gc_objects": len(gc.get_objects()),
+                "malloc_heaps": malloc_heaps(),
             }
         )
 
@@ -172,6 +201,10 @@ class MemoryTrace:
                 for stat in stats[: self.top]
             ]
             figures["traced_growth_mib"] = round(sum(stat.size_diff for stat in stats) / MIB, 2)
+            self._snapshot = None
+        if self._started_tracing:
+            tracemalloc.stop()
+            self._started_tracing = False
         trim = getattr(_LIBC, "malloc_trim", None)
         if trim is not None:
             before = _rss()

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import _common
 import trio
 
-from tests.soak.engine import SoakReport, run_soak
-from tests.soak.fleet_engine import run_fleet_soak
+from tests.soak.engine import FAULTS, SoakReport, run_soak
+from tests.soak.fleet_engine import FLEET_FAULTS, run_fleet_soak
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,6 +35,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of load before the RSS/fd baseline")
     parser.add_argument("--fleet", action="store_true", help="three members on Redis (tests/soak/fleet_engine.py)")
     parser.add_argument("--lease-ttl", type=float, default=3.0, help="--fleet: the members' lease TTL (default 3)")
+    parser.add_argument(
+        "--faults", nargs="+", metavar="KIND", help="draw only these kinds of fault (default: all of the mode's)"
+    )
+    parser.add_argument(
+        "--trace-memory",
+        nargs="?",
+        type=int,
+        const=8,
+        metavar="FRAMES",
+        help="add where memory went to the report: live object types that grew, malloc's in-use and free bytes, "
+        "RSS before/after malloc_trim, and tracemalloc's top growth sites with FRAMES frames each (default 8; 0: "
+        "no tracemalloc, which slows a big run several-fold). See tests/soak/memory.py",
+    )
     _common.add_out_argument(parser)
     return parser.parse_args(argv)
 
@@ -48,7 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "fault_every": args.fault_every,
         "warmup": args.warmup,
+        "trace_memory": args.trace_memory,
     }
+    if args.faults:
+        known = FLEET_FAULTS if args.fleet else FAULTS
+        unknown = sorted(set(args.faults) - set(known))
+        if unknown:
+            print(f"unknown faults {unknown}; this mode has {list(known)}", file=sys.stderr)
+            return 2
+        common["faults"] = tuple(args.faults)
     if args.fleet:
         report: SoakReport = trio.run(lambda: run_fleet_soak(**common, lease_ttl=args.lease_ttl))
     else:

@@ -45,8 +45,11 @@ __all__ = [
     "mask",
 ]
 
-#: How much one forwarder reads at a time.
-CHUNK: Final = 64 * 1024
+#: How much one forwarder reads at a time. Small on purpose: a read allocates ``CHUNK`` bytes and shrinks them to
+#: what came (a few hundred for a heartbeat), and with 64 KiB reads glibc kept the holes around the survivors —
+#: the fleet soak's RSS crept ~0.8 MiB a minute at 200 devices with malloc's in-use bytes and Python's objects
+#: flat (``benchmarks/soak.py --trace-memory``); 4 KiB reads left it flat.
+CHUNK: Final = 4 * 1024
 
 #: Payload size an ``OVERSIZE`` corruption pads a frame to: one byte over trio-websocket's (and galaxy_trio's)
 #: default 1 MiB message limit.

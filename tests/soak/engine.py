@@ -39,6 +39,7 @@ from galaxy_trio.aip import ToolType
 from galaxy_trio.manager import ConstellationDeviceManager, TaskResult
 
 from ..faults.rig import AGENT_OPTIONS, FAST_PROBES, Rig
+from .memory import MemoryTrace
 
 FAULTS = ("agent_restart", "server_restart", "cut", "blackhole", "stalled_handshakes")
 
@@ -98,6 +99,8 @@ class SoakReport:
     leftover_tasks: list[str] = field(default_factory=list)
     #: (seconds since the baseline, RSS MiB, fds), about every 30 s: a leak climbs, a warm-up flattens.
     samples: list[tuple[float, float, int]] = field(default_factory=list)
+    #: With ``trace_memory``: where memory went between the baseline and the end (:class:`.memory.MemoryTrace`).
+    memory: dict[str, Any] = field(default_factory=dict)
 
     @property
     def worst_recovery(self) -> float:
@@ -165,6 +168,7 @@ class SoakReport:
             "fds_warm": self.fds_warm,
             "fds_end": self.fds_end,
             "samples": self.samples,
+            **({"memory": self.memory} if self.memory else {}),
             "violations": self.violations(),
         }
 
@@ -344,14 +348,18 @@ async def run_schedule(
     on_sample: Callable[[float], None] | None = None,
     on_baseline: Callable[[], None] | None = None,
     follow_ups: Mapping[str, str] | None = None,
+    memory: MemoryTrace | None = None,
 ) -> None:
     """The fault loop, with the load already running: ``warmup`` seconds, the RSS/fd baseline, then a fault every
     ``fault_every`` seconds (±50 %) for ``seconds``, each followed by the wait until ``all_back()`` returns —
     within ``report.recovery_bound``, or it is a violation (and the soak carries on once it is back, for 60 s at
     most). A sample of RSS and descriptors every 30 s (``on_baseline`` and ``on_sample`` let other processes be
     sampled along). A fault in ``follow_ups`` is followed, once everything is back, by the fault it names (its
-    own recovery measured from its own end): a member killed, then started again."""
+    own recovery measured from its own end): a member killed, then started again. With ``memory``, its baseline
+    snapshot is taken just before the RSS baseline and it is sampled along."""
     await trio.sleep(warmup)
+    if memory is not None:
+        memory.baseline()
     report.rss_warm, report.fds_warm = process_usage()
     baseline_at = trio.current_time()
     if on_baseline is not None:
@@ -363,6 +371,8 @@ async def run_schedule(
             elapsed = round(trio.current_time() - baseline_at)
             rss, fds = process_usage()
             report.samples.append((elapsed, round(rss / (1 << 20), 1), fds))
+            if memory is not None:
+                memory.sample(elapsed)
             if on_sample is not None:
                 on_sample(elapsed)
             next_sample += 30.0
@@ -383,10 +393,21 @@ async def run_schedule(
 
 
 async def run_soak(
-    *, seconds: float, devices: int = 20, callers: int = 4, seed: int = 1, fault_every: float = 4.0, warmup: float = 5.0
+    *,
+    seconds: float,
+    devices: int = 20,
+    callers: int = 4,
+    seed: int = 1,
+    fault_every: float = 4.0,
+    warmup: float = 5.0,
+    faults: Sequence[str] = FAULTS,
+    trace_memory: int | None = None,
 ) -> SoakReport:
-    """Run the soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring."""
+    """Run the soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring. ``faults``:
+    the kinds drawn (all by default; fewer to find which one drives a drift); ``trace_memory``: see
+    :class:`.memory.MemoryTrace`."""
     report = SoakReport(devices=devices, callers=callers)
+    memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
     report.recovery_bound = RECOVERY_BOUND
@@ -412,13 +433,16 @@ async def run_soak(
                     seconds=seconds,
                     warmup=warmup,
                     fault_every=fault_every,
-                    faults=FAULTS,
+                    faults=faults,
                     inject=partial(inject_rig_fault, rig=rig, agents=agents, rng=rng, nursery=nursery),
                     all_back=partial(_all_back, manager, ids),
+                    memory=memory,
                 )
                 # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.
                 load.cancel_scope.cancel()
             report.rss_end, report.fds_end = process_usage()
+            if memory is not None:
+                report.memory = memory.finish()
         for agent in agents:
             agent.kill()
         nursery.cancel_scope.cancel()

@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -78,6 +78,7 @@ from .engine import (
     run_caller,
     run_schedule,
 )
+from .memory import MemoryTrace
 
 FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill")
 #: What a fleet caller may be told instead of a TaskResult (see the module docstring).
@@ -238,6 +239,12 @@ async def watch_member(
                     book.release(member_id, event.device_id, event.at)
 
 
+async def _shielded(cleanup: Callable[[], Awaitable[None]]) -> None:
+    """Run a bounded cleanup even while the soak is being cancelled."""
+    with trio.CancelScope(shield=True), trio.move_on_after(10):
+        await cleanup()
+
+
 class MemberProcess:
     """Member C: ``member_process.py`` in a child process, one incarnation (and member id) per start."""
 
@@ -323,6 +330,13 @@ class MemberProcess:
         await self._wait_read()
         assert self.member_id is not None
         self._book.set_claims(self.member_id, set(), killed_at)
+
+    def abandon(self) -> None:
+        """SIGKILL the live incarnation, if any, without waiting: the soak is ending abnormally, and an orphaned
+        member would go on competing for the next run's devices and CPU."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
 
     def _sample_of(self, process: trio.Process) -> None:
         self._process = process
@@ -429,19 +443,28 @@ async def run_fleet_soak(
     fault_every: float = 4.0,
     warmup: float = 5.0,
     lease_ttl: float = 3.0,
+    faults: Sequence[str] = FLEET_FAULTS,
+    trace_memory: int | None = None,
 ) -> FleetSoakReport:
-    """Run the fleet soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring."""
+    """Run the fleet soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring.
+    ``faults`` and ``trace_memory``: as for :func:`.engine.run_soak` (member C's process is not traced)."""
     binary = redis_binary()
     from galaxy_trio.fleet.redis import open_redis_registry  # needs the fleet extra (valkey-glide)
 
     report = FleetSoakReport(devices=devices, callers=callers, lease_ttl=lease_ttl)
     report.recovery_bound = lease_ttl + RECOVERY_BOUND
+    memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
     workload = Workload(report)
     book = ClaimBook(report)
     started = time.monotonic()
-    async with trio.open_nursery() as nursery, open_redis_process(binary=binary) as redis:
+    async with (
+        trio.open_nursery() as nursery,
+        open_redis_process(binary=binary) as redis,  # killed however the soak ends
+        AsyncExitStack() as children,
+    ):
+        # Whatever ends the soak (an error, a timeout, Ctrl-C), member C must not outlive it either.
         with trio.fail_after(REDIS_START_WITHIN):
             await redis.start()
         rig = await Rig(nursery).start()
@@ -464,6 +487,7 @@ async def run_fleet_soak(
             report,
             nursery,
         )
+        children.callback(process.abandon)
 
         async def inject(fault: str) -> None:
             report.begin_fault(fault, time.time())
@@ -506,15 +530,18 @@ async def run_fleet_soak(
                     seconds=seconds,
                     warmup=warmup,
                     fault_every=fault_every,
-                    faults=FLEET_FAULTS,
+                    faults=faults,
                     inject=inject,
                     all_back=all_back,
                     on_sample=sample_process,
                     on_baseline=process.set_baseline,
                     follow_ups={"member_kill": "member_restart"},
+                    memory=memory,
                 )
                 # Measured with everything still running, as the baseline was.
                 report.rss_end, report.fds_end = process_usage()
+                if memory is not None:
+                    report.memory = memory.finish()
                 book.close_outages(time.time())
                 attribute_outages(report)
                 # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.

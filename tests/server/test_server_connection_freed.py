@@ -73,6 +73,13 @@ class Survivors:
     def alive(self) -> list[str]:
         return sorted(type(o).__qualname__ for ref in self.refs if (o := ref()) is not None)
 
+    async def assert_freed(self, server: AIPServer) -> None:
+        """Once every task is blocked: no client left on ``server``, none of the objects alive, no cyclic garbage."""
+        await settled()
+        assert server.online_clients() == {}
+        assert self.alive() == []
+        assert cyclic_garbage() == []
+
 
 async def settled() -> None:
     """Every task is blocked: the server's connection tasks have returned."""
@@ -90,10 +97,7 @@ async def test_a_device_that_closes_is_freed_without_a_collection(server: AIPSer
         peer = await RawPeer.device(server, "leaving")
         survivors = Survivors(at_least=3)
         await peer.close()
-        await settled()
-        assert server.online_clients() == {}
-        assert survivors.alive() == []
-        assert cyclic_garbage() == []
+        await survivors.assert_freed(server)
 
 
 async def test_a_peer_closed_by_its_keepalive_verdict_is_freed_without_a_collection(
@@ -106,10 +110,7 @@ async def test_a_peer_closed_by_its_keepalive_verdict_is_freed_without_a_collect
         await peer.expect_ping()  # never answered
         assert await peer.expect_close() == (1011, "keepalive ping timeout")
         await _until_eof(peer)
-        await settled()
-        assert server.online_clients() == {}
-        assert survivors.alive() == []
-        assert cyclic_garbage() == []
+        await survivors.assert_freed(server)
 
 
 async def test_a_peer_closed_for_not_reading_is_freed_without_a_collection(
@@ -132,10 +133,7 @@ async def test_a_peer_closed_for_not_reading_is_freed_without_a_collection(
         assert not flooding.cancelled_caught
         assert "deaf" not in server.online_clients()
         await deaf.stream.aclose()
-        await settled()
-        assert server.online_clients() == {}
-        assert survivors.alive() == []
-        assert cyclic_garbage() == []
+        await survivors.assert_freed(server)
 
 
 async def test_a_refused_registration_and_a_binary_frame_are_freed_without_a_collection(server: AIPServer) -> None:
@@ -153,10 +151,7 @@ async def test_a_refused_registration_and_a_binary_frame_are_freed_without_a_col
         assert (await binary.receive()).type is ServerMessageType.ERROR
         assert (await binary.expect_close())[0] == 1003
         await _until_eof(binary)
-        await settled()
-        assert server.online_clients() == {}
-        assert survivors.alive() == []
-        assert cyclic_garbage() == []
+        await survivors.assert_freed(server)
 
 
 async def test_a_device_leaving_mid_task_and_its_scoped_constellation_are_freed_without_a_collection(

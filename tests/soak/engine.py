@@ -348,15 +348,18 @@ async def run_schedule(
     on_sample: Callable[[float], None] | None = None,
     on_baseline: Callable[[], None] | None = None,
     follow_ups: Mapping[str, str] | None = None,
-    memory: MemoryTrace | None = None,
+    trace_memory: int | None = None,
 ) -> None:
     """The fault loop, with the load already running: ``warmup`` seconds, the RSS/fd baseline, then a fault every
     ``fault_every`` seconds (±50 %) for ``seconds``, each followed by the wait until ``all_back()`` returns —
     within ``report.recovery_bound``, or it is a violation (and the soak carries on once it is back, for 60 s at
     most). A sample of RSS and descriptors every 30 s (``on_baseline`` and ``on_sample`` let other processes be
     sampled along). A fault in ``follow_ups`` is followed, once everything is back, by the fault it names (its
-    own recovery measured from its own end): a member killed, then started again. With ``memory``, its baseline
-    snapshot is taken just before the RSS baseline and it is sampled along."""
+    own recovery measured from its own end): a member killed, then started again. At the end, with everything still
+    running as at the baseline, the RSS/fd end figures. With ``trace_memory`` (see :class:`.memory.MemoryTrace`),
+    its baseline is taken just before the RSS baseline, it is sampled along, and its figures (after the RSS end:
+    they trim the heap) go to ``report.memory``."""
+    memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     await trio.sleep(warmup)
     if memory is not None:
         memory.baseline()
@@ -390,6 +393,9 @@ async def run_schedule(
                     await all_back()  # carry on from a clean state
             report.recoveries.append((fault, trio.current_time() - ended))
             fault = (follow_ups or {}).get(fault)
+    report.rss_end, report.fds_end = process_usage()
+    if memory is not None:
+        report.memory = memory.finish()
 
 
 async def run_soak(
@@ -407,7 +413,6 @@ async def run_soak(
     the kinds drawn (all by default; fewer to find which one drives a drift); ``trace_memory``: see
     :class:`.memory.MemoryTrace`."""
     report = SoakReport(devices=devices, callers=callers)
-    memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
     report.recovery_bound = RECOVERY_BOUND
@@ -436,13 +441,10 @@ async def run_soak(
                     faults=faults,
                     inject=partial(inject_rig_fault, rig=rig, agents=agents, rng=rng, nursery=nursery),
                     all_back=partial(_all_back, manager, ids),
-                    memory=memory,
+                    trace_memory=trace_memory,
                 )
                 # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.
                 load.cancel_scope.cancel()
-            report.rss_end, report.fds_end = process_usage()
-            if memory is not None:
-                report.memory = memory.finish()
         for agent in agents:
             agent.kill()
         nursery.cancel_scope.cancel()

@@ -74,11 +74,9 @@ from .engine import (
     SoakReport,
     Workload,
     inject_rig_fault,
-    process_usage,
     run_caller,
     run_schedule,
 )
-from .memory import MemoryTrace
 
 FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill")
 #: What a fleet caller may be told instead of a TaskResult (see the module docstring).
@@ -453,7 +451,6 @@ async def run_fleet_soak(
 
     report = FleetSoakReport(devices=devices, callers=callers, lease_ttl=lease_ttl)
     report.recovery_bound = lease_ttl + RECOVERY_BOUND
-    memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
     workload = Workload(report)
@@ -536,12 +533,8 @@ async def run_fleet_soak(
                     on_sample=sample_process,
                     on_baseline=process.set_baseline,
                     follow_ups={"member_kill": "member_restart"},
-                    memory=memory,
+                    trace_memory=trace_memory,
                 )
-                # Measured with everything still running, as the baseline was.
-                report.rss_end, report.fds_end = process_usage()
-                if memory is not None:
-                    report.memory = memory.finish()
                 book.close_outages(time.time())
                 attribute_outages(report)
                 # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.

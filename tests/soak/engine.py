@@ -10,10 +10,12 @@ execution by the task's token, so the checks are exact:
 - no task runs twice (the tool saw each token at most once; a ``completed`` one exactly once, with its token);
 - no two tasks overlap on a device (the tool counts executions in progress per device: never above 1);
 - after each fault, every device is IDLE (or BUSY with a task) again within ``recovery_bound`` seconds;
-- the process's RSS and open descriptors after warm-up and at the end (the drift is reported; the test bounds it);
+- the process's RSS and open descriptors after warm-up and at the end (the drift is reported; the test bounds it;
+  the warm-up may include faults, see :func:`run_schedule`);
 - nothing left at exit (the callers' and the rig's tasks all ended).
 
-Faults, drawn from ``random.Random(seed)`` every ``fault_every`` seconds (±50 %): an agent killed and restarted;
+Faults, every kind once in a shuffled first round and then drawn from ``random.Random(seed)``, every
+``fault_every`` seconds (±50 %): an agent killed and restarted;
 the AIP server restarted; every manager link cut (RST); the manager's links black-holed for a few seconds; new
 handshakes stalled while the links are cut. :func:`run_soak` returns a :class:`SoakReport`.
 """
@@ -92,12 +94,17 @@ class SoakReport:
     recoveries: list[tuple[str, float]] = field(default_factory=list)
     unrecovered: list[str] = field(default_factory=list)
     recovery_bound: float = 0.0
+    #: RSS after the load-only warm-up, before any fault (reported; the drift is measured from ``rss_warm``).
+    rss_load: int = 0
+    #: RSS and descriptors at the baseline (after the fault warm-up, see :func:`run_schedule`), and at the end.
     rss_warm: int = 0
+    #: When the baseline was taken, in seconds since the first fault's turn began.
+    warm_at: float = 0.0
     rss_end: int = 0
     fds_warm: int = 0
     fds_end: int = 0
     leftover_tasks: list[str] = field(default_factory=list)
-    #: (seconds since the baseline, RSS MiB, fds), about every 30 s: a leak climbs, a warm-up flattens.
+    #: (seconds since the faults began, RSS MiB, fds), about every 30 s: a leak climbs, a warm-up flattens.
     samples: list[tuple[float, float, int]] = field(default_factory=list)
     #: With ``trace_memory``: where memory went between the baseline and the end (:class:`.memory.MemoryTrace`).
     memory: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +122,11 @@ class SoakReport:
     @property
     def rss_drift(self) -> float:
         return (self.rss_end - self.rss_warm) / self.rss_warm if self.rss_warm else math.nan
+
+    @property
+    def rss_drift_from_load(self) -> float:
+        """The growth since the load-only warm-up: the faults' high-water marks included."""
+        return (self.rss_end - self.rss_load) / self.rss_load if self.rss_load else math.nan
 
     @property
     def fd_drift(self) -> int:
@@ -162,9 +174,12 @@ class SoakReport:
             "worst_recovery_s": round(self.worst_recovery, 2),
             "worst_recovery_by_fault_s": self.worst_recovery_by_fault(),
             "recovery_bound_s": self.recovery_bound,
+            "rss_load_mib": round(self.rss_load / (1 << 20), 1),
+            "warm_at_s": round(self.warm_at),
             "rss_warm_mib": round(self.rss_warm / (1 << 20), 1),
             "rss_end_mib": round(self.rss_end / (1 << 20), 1),
             "rss_drift_pct": round(100 * self.rss_drift, 1),
+            "rss_drift_from_load_pct": round(100 * self.rss_drift_from_load, 1),
             "fds_warm": self.fds_warm,
             "fds_end": self.fds_end,
             "samples": self.samples,
@@ -345,42 +360,62 @@ async def run_schedule(
     faults: Sequence[str],
     inject: Callable[[str], Awaitable[None]],
     all_back: Callable[[], Awaitable[None]],
+    fault_warmup: float = 0.0,
     on_sample: Callable[[float], None] | None = None,
-    on_baseline: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None,
     follow_ups: Mapping[str, str] | None = None,
     trace_memory: int | None = None,
 ) -> None:
-    """The fault loop, with the load already running: ``warmup`` seconds, the RSS/fd baseline, then a fault every
-    ``fault_every`` seconds (±50 %) for ``seconds``, each followed by the wait until ``all_back()`` returns —
-    within ``report.recovery_bound``, or it is a violation (and the soak carries on once it is back, for 60 s at
-    most). A sample of RSS and descriptors every 30 s (``on_baseline`` and ``on_sample`` let other processes be
-    sampled along). A fault in ``follow_ups`` is followed, once everything is back, by the fault it names (its
-    own recovery measured from its own end): a member killed, then started again. At the end, with everything still
-    running as at the baseline, the RSS/fd end figures. With ``trace_memory`` (see :class:`.memory.MemoryTrace`),
-    its baseline is taken just before the RSS baseline, it is sampled along, and its figures (after the RSS end:
-    they trim the heap) go to ``report.memory``."""
+    """The fault loop, with the load already running.
+
+    ``warmup`` seconds of load alone (RSS then: ``report.rss_load``), then a fault every ``fault_every`` seconds
+    (±50 %): a first round of every kind in ``faults`` once, shuffled, then kinds drawn at random. Each fault is
+    followed by the wait until ``all_back()`` returns — within ``report.recovery_bound``, or it is a violation (and
+    the soak carries on once it is back, for 60 s at most). A fault in ``follow_ups`` is followed, once everything
+    is back, by the fault it names (its own recovery measured from its own end): a member killed, then started
+    again. A sample of RSS and descriptors every 30 s from the first fault on (``on_start`` and ``on_sample`` let
+    other processes be sampled along).
+
+    The RSS/fd baseline is taken after ``fault_warmup`` seconds of faults, and not before the first round is done
+    (with 0: before the first fault); then the faults go on for ``seconds``, and the end figures are taken with
+    everything still running as at the baseline. Why faults belong to the warm-up: the first reconnect storm of
+    each kind raises the allocators' high-water marks (glibc's free lists, pymalloc's arenas, the Redis client's
+    thread arenas), which then stay though nothing is kept; a leak keeps climbing after them, and that is what
+    the drift from this baseline shows. With ``trace_memory`` (see :class:`.memory.MemoryTrace`), its baseline is
+    taken with the RSS baseline, it is sampled along, and its figures (after the RSS end: they trim the heap) go
+    to ``report.memory``."""
     memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     await trio.sleep(warmup)
-    if memory is not None:
-        memory.baseline()
-    report.rss_warm, report.fds_warm = process_usage()
-    baseline_at = trio.current_time()
-    if on_baseline is not None:
-        on_baseline()
-    deadline = baseline_at + seconds
-    next_sample = baseline_at + 30.0
-    while trio.current_time() < deadline:
-        if trio.current_time() >= next_sample:
-            elapsed = round(trio.current_time() - baseline_at)
+    report.rss_load, _ = process_usage()
+    started = trio.current_time()
+    if on_start is not None:
+        on_start()
+    first_round = rng.sample(list(faults), len(faults))
+    deadline = math.inf
+    next_sample = started + 30.0
+    while True:
+        now = trio.current_time()
+        if deadline == math.inf and now - started >= fault_warmup and (not first_round or fault_warmup <= 0):
+            report.warm_at = now - started
+            if memory is not None:
+                memory.baseline(round(report.warm_at))
+            report.rss_warm, report.fds_warm = process_usage()
+            deadline = now + seconds
+        if now >= deadline:
+            break
+        if now >= next_sample:
+            elapsed = round(now - started)
             rss, fds = process_usage()
             report.samples.append((elapsed, round(rss / (1 << 20), 1), fds))
-            if memory is not None:
+            if memory is not None and deadline != math.inf:
                 memory.sample(elapsed)
             if on_sample is not None:
                 on_sample(elapsed)
             next_sample += 30.0
         await trio.sleep(rng.uniform(0.5, 1.5) * fault_every)
-        fault: str | None = rng.choice(faults)
+        if trio.current_time() >= deadline:
+            break
+        fault: str | None = first_round.pop() if first_round else rng.choice(faults)
         while fault is not None:
             report.faults[fault] += 1
             await inject(fault)
@@ -406,12 +441,13 @@ async def run_soak(
     seed: int = 1,
     fault_every: float = 4.0,
     warmup: float = 5.0,
+    fault_warmup: float = 0.0,
     faults: Sequence[str] = FAULTS,
     trace_memory: int | None = None,
 ) -> SoakReport:
-    """Run the soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring. ``faults``:
-    the kinds drawn (all by default; fewer to find which one drives a drift); ``trace_memory``: see
-    :class:`.memory.MemoryTrace`."""
+    """Run the soak for ``seconds`` (after ``warmup`` of load and ``fault_warmup`` of faults: see
+    :func:`run_schedule`) and return what it saw; see the module docstring. ``faults``: the kinds drawn (all by
+    default; fewer to find which one drives a drift); ``trace_memory``: see :class:`.memory.MemoryTrace`."""
     report = SoakReport(devices=devices, callers=callers)
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
@@ -437,6 +473,7 @@ async def run_soak(
                     rng,
                     seconds=seconds,
                     warmup=warmup,
+                    fault_warmup=fault_warmup,
                     fault_every=fault_every,
                     faults=faults,
                     inject=partial(inject_rig_fault, rig=rig, agents=agents, rng=rng, nursery=nursery),

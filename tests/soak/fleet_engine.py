@@ -105,7 +105,7 @@ class FleetSoakReport(SoakReport):
     worst_overlap: float = 0.0
     #: (device, member, member, seconds) of the overlaps longer than ``overlap_slack`` (the first 100).
     double_drives: list[tuple[str, str, str, float]] = field(default_factory=list)
-    #: Per incarnation of member C: its id and (seconds since the soak's baseline, RSS MiB, fds) samples.
+    #: Per incarnation of member C: its id and (seconds since the soak's faults began, RSS MiB, fds) samples.
     member_process: list[dict[str, Any]] = field(default_factory=list)
     #: (fault, started, ended) on the wall clock, in the order of ``recoveries``; ``fault_starts`` gets each start
     #: as the fault begins, ``latest_back`` the end of the last outage that began during each fault's turn.
@@ -255,7 +255,7 @@ class MemberProcess:
         self.member_id: str | None = None
         self._process: trio.Process | None = None
         self._read_all: trio.Event | None = None
-        self._baseline: float | None = None
+        self._time_zero: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -265,8 +265,9 @@ class MemberProcess:
     def claims(self) -> set[str]:
         return self._book.held_by(self.member_id) if self.member_id is not None else set()
 
-    def set_baseline(self) -> None:
-        self._baseline = trio.current_time()
+    def set_time_zero(self) -> None:
+        """Samples from now on are timed from now (when the soak's faults begin), as the soak's own are."""
+        self._time_zero = trio.current_time()
 
     async def start(self) -> None:
         self.incarnation += 1
@@ -304,7 +305,7 @@ class MemberProcess:
             read_all.set()
 
     def sample(self) -> None:
-        """One RSS/fd sample of the live incarnation (seconds since the soak's baseline, or -1 before it)."""
+        """One RSS/fd sample of the live incarnation (seconds since the soak's faults began, or -1 before)."""
         if self._process is None:
             return
         try:
@@ -312,7 +313,7 @@ class MemberProcess:
             rss, fds = child.memory_info().rss, child.num_fds()
         except psutil.Error:
             return
-        at = -1 if self._baseline is None else round(trio.current_time() - self._baseline)
+        at = -1 if self._time_zero is None else round(trio.current_time() - self._time_zero)
         self._report.member_process[-1]["samples"].append((at, round(rss / (1 << 20), 1), fds))
 
     async def kill(self) -> None:
@@ -440,11 +441,13 @@ async def run_fleet_soak(
     seed: int = 1,
     fault_every: float = 4.0,
     warmup: float = 5.0,
+    fault_warmup: float = 0.0,
     lease_ttl: float = 3.0,
     faults: Sequence[str] = FLEET_FAULTS,
     trace_memory: int | None = None,
 ) -> FleetSoakReport:
-    """Run the fleet soak for ``seconds`` (after ``warmup``) and return what it saw; see the module docstring.
+    """Run the fleet soak for ``seconds`` (after ``warmup`` and ``fault_warmup``, as :func:`.engine.run_soak`) and
+    return what it saw; see the module docstring.
     ``faults`` and ``trace_memory``: as for :func:`.engine.run_soak` (member C's process is not traced)."""
     binary = redis_binary()
     from galaxy_trio.fleet.redis import open_redis_registry  # needs the fleet extra (valkey-glide)
@@ -526,12 +529,13 @@ async def run_fleet_soak(
                     rng,
                     seconds=seconds,
                     warmup=warmup,
+                    fault_warmup=fault_warmup,
                     fault_every=fault_every,
                     faults=faults,
                     inject=inject,
                     all_back=all_back,
                     on_sample=sample_process,
-                    on_baseline=process.set_baseline,
+                    on_start=process.set_time_zero,
                     follow_ups={"member_kill": "member_restart"},
                     trace_memory=trace_memory,
                 )

@@ -143,19 +143,20 @@ class MemoryTrace:
         self._since = 0.0
         self._started_tracing = False
 
-    def baseline(self) -> None:
-        """Count live objects by type and start tracing; the snapshot waits for the first :meth:`sample`, so that
-        it holds the steady state (a task's buffers, a link's frames) and only accumulation shows as growth."""
+    def baseline(self, at: float = 0.0) -> None:
+        """Count live objects by type and start tracing (``at``: the time of this first sample, in the caller's
+        seconds); the snapshot waits for the next :meth:`sample`, so that it holds the steady state (a task's
+        buffers, a link's frames) and only accumulation shows as growth."""
         gc.collect()
         self._types = live_types()
-        self._since = time.monotonic()
+        self._since = time.monotonic() - at
         if self.frames and not tracemalloc.is_tracing():
             tracemalloc.start(self.frames)
             self._started_tracing = True
-        self.sample(0.0)
+        self.sample(at)
 
     def sample(self, elapsed: float) -> None:
-        if elapsed > 0 and self._snapshot is None and tracemalloc.is_tracing():
+        if self.samples and self._snapshot is None and tracemalloc.is_tracing():
             self._snapshot = self._take()
         traced, _ = tracemalloc.get_traced_memory()
         self.samples.append(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from .engine import FAULTS
 from .test_soak_fleet import require_fleet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,16 +57,25 @@ def test_floods_pass_floor_wakes_every_reader_in_one_pass_and_the_keepalive_a_fe
     for name, row in rows.items():
         assert row["steps"] == 40, name  # what the figure is about: all 40 readers woken in the same pass
         assert len(row["cpu_ms_each_run"]) == 1 and row["cpu_ms"] >= 0, name
-    assert 0 < silent["steps"] <= 16 + 1  # the keepalive acts on 16 links a pass (+ its own step)
+    # The keepalive judges at most 16 links a pass (exact on MockClock: tests/server/test_server_keepalive.py), but
+    # the closes it started end at their grace deadlines, and on a slow pass two batches' deadlines fall into one
+    # (33 steps seen on a loaded machine): here only that the pass was measured and held no more than the devices.
+    assert 0 < silent["steps"] <= 40 + 1
 
 
 @pytest.mark.slow
 def test_soak_runs_and_reports_no_violation(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    done = _run("soak.py", "--minutes", "0.15", "--devices", "3", "--callers", "2", "--warmup", "2", "--out", str(out))
+    done = _run(
+        "soak.py", "--minutes", "0.15", "--devices", "3", "--callers", "2", "--warmup", "2", "--fault-every", "1",
+        "--fault-warmup", "2", "--out", str(out),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["violations"] == []
+    # The baseline came after 2 s of faults and after the first round, which has every kind once.
+    assert sorted(figures["faults"]) == sorted(FAULTS) and figures["warm_at_s"] >= 2
+    assert figures["rss_load_mib"] > 0 and figures["rss_warm_mib"] > 0
     assert figures["calls"] == figures["results"] + figures["cut_short_at_end"] > 0
 
 
@@ -75,11 +85,11 @@ def test_soak_in_fleet_mode_runs_and_reports_no_violation(tmp_path: Path) -> Non
     out = tmp_path / "soak.json"
     done = _run(
         "soak.py", "--fleet", "--minutes", "0.1", "--devices", "3", "--callers", "2", "--warmup", "1",
-        "--out", str(out),
+        "--fault-warmup", "0", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["violations"] == []
-    assert figures["members"] == 3 and figures["lease_ttl_s"] == 3.0
+    assert figures["members"] == 3 and figures["lease_ttl_s"] == 3.0 and figures["warm_at_s"] == 0
     assert figures["calls"] == figures["results"] + sum(figures["refusals"].values()) + figures["cut_short_at_end"] > 0
     assert len(figures["timeline"]) == figures["faults_total"] > 0

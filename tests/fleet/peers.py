@@ -113,7 +113,9 @@ class TcpProxy:
 
 async def _pump(source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope) -> None:
     try:
-        while data := await source.receive_some(65536):
+        # 4 KiB reads, as faults/proxy.py's: a bigger buffer shrunk to the few bytes a Redis reply has leaves holes
+        # in the heap, which showed as RSS creep when the fleet soak carried a member's Redis link through here.
+        while data := await source.receive_some(4096):
             await sink.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass

@@ -1,10 +1,12 @@
 """The chaos soak in fleet mode (issue 15, item 2): three fleet members on one Redis share the devices, under the
-single-manager soak's load and faults plus two of fleet mode's own — Redis restarted, a member killed.
+single-manager soak's load and faults plus three of fleet mode's own — Redis restarted, a member killed, a member
+cut off from Redis alone.
 
     member A ─┐  (in this process; they carry the callers)
     member B ─┼─ws─▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (tests/faults/rig.py)
     member C ─┘  (tests/soak/member_process.py, a process of its own: SIGKILLed and started again)
-        └──────── all three on one redis-server (a process this soak starts, kills and starts again)
+        └──────── all three on one redis-server (a process this soak starts, kills and starts again);
+                  C's link to it through a TcpProxy (tests/fleet/peers.py) that the schedule cuts
 
 Reused from :mod:`.engine`: the devices' ``work`` tool and its exact records, the agents, the callers, the fault
 loop, the five rig faults. Added here:
@@ -16,6 +18,10 @@ loop, the five rig faults. Added here:
   recovery is the takeover, measured from the kill. Then, as a fault of its own (``member_restart``), a new
   incarnation under a new member id: the survivors hand devices back to it. (Cancelling an in-process member
   would run its cleanup, which hands its leases back: a polite leave, not a kill.)
+- **A member partitioned from Redis**: member C's Redis link cut (every connection dropped, new ones refused) for
+  the lease TTL + 1-3 s while the others still reach Redis. C must stop driving its devices when their leases run
+  out by its own clock, before A and B may take them (checked: no device driven by two members); once the link is
+  back, C recovers and takes its share again (the recovery, measured from the link's return).
 
 Invariants, on top of the single-manager soak's (one outcome per call, no task run twice, none overlapping, nothing
 left at exit, RSS and descriptors of this process):
@@ -65,6 +71,7 @@ from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, f
 from galaxy_trio.manager import DeviceNotConnected, EventKind
 
 from ..faults.rig import Rig
+from ..fleet.peers import TcpProxy
 from ..redis_process import open_redis_process, redis_binary
 from .engine import (
     FAULTS,
@@ -78,7 +85,7 @@ from .engine import (
     run_schedule,
 )
 
-FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill")
+FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill", "member_partition")
 #: What a fleet caller may be told instead of a TaskResult (see the module docstring).
 REFUSALS: tuple[type[Exception], ...] = (RegistryUnavailable, DeviceNotConnected)
 TASK_NAME = "soak"
@@ -112,6 +119,9 @@ class FleetSoakReport(SoakReport):
     fault_times: list[tuple[str, float, float]] = field(default_factory=list)
     fault_starts: list[float] = field(default_factory=list)
     latest_back: list[float] = field(default_factory=list)
+    #: Per partition of member C from Redis: (devices it drove when cut off, devices it still drove when the link
+    #: came back, TTL + 1-3 s later: must be 0 — its leases ran out by its own clock and it had to let them go).
+    partitions: list[tuple[int, int]] = field(default_factory=list)
     #: How many times a device had no driver after the first fault, and the longest such time (seconds).
     outages: int = 0
     longest_outage: float = 0.0
@@ -144,6 +154,11 @@ class FleetSoakReport(SoakReport):
             found.append(
                 f"devices driven by two members at once (> {self.overlap_slack:g} s): {self.double_drives[:10]}"
             )
+        found += [
+            f"member C still drove {still} of its {held} devices after {self.lease_ttl:g} s + cut off from Redis"
+            for held, still in self.partitions
+            if still
+        ]
         return found
 
     def figures(self) -> dict[str, Any]:
@@ -155,6 +170,7 @@ class FleetSoakReport(SoakReport):
             "longest_outage_s": round(self.longest_outage, 2),
             "overlaps": self.overlaps,
             "worst_overlap_s": round(self.worst_overlap, 3),
+            "partitions": self.partitions,
             "member_process": self.member_process,
             # Every fault: what, when (seconds after the first one started), how long until all was back.
             "timeline": [
@@ -467,6 +483,8 @@ async def run_fleet_soak(
         # Whatever ends the soak (an error, a timeout, Ctrl-C), member C must not outlive it either.
         with trio.fail_after(REDIS_START_WITHIN):
             await redis.start()
+        redis_link = TcpProxy(redis.port)  # member C's way to Redis: the partition cuts it
+        await nursery.start(redis_link.serve)
         rig = await Rig(nursery).start()
         agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
         for agent in agents:
@@ -474,7 +492,7 @@ async def run_fleet_soak(
         configs = [rig.device(device_id, max_retries=1000) for device_id in ids]
         process = MemberProcess(
             {
-                "redis": redis.url,
+                "redis": f"redis://127.0.0.1:{redis_link.port}/0",
                 "devices": [
                     {"device_id": c.device_id, "server_url": c.server_url, "max_retries": 1000} for c in configs
                 ],
@@ -504,6 +522,12 @@ async def run_fleet_soak(
                 await process.kill()
             elif fault == "member_restart":
                 await process.start()
+            elif fault == "member_partition":
+                held = len(process.claims)
+                redis_link.cut()
+                await trio.sleep(lease_ttl + rng.uniform(1.0, 3.0))
+                report.partitions.append((held, len(process.claims)))
+                redis_link.restore()
             else:
                 await inject_rig_fault(fault, rig=rig, agents=agents, rng=rng, nursery=nursery)
 

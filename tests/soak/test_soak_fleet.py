@@ -39,6 +39,10 @@ async def test_sixty_seconds_of_fleet_faults_and_tasks_break_no_invariant() -> N
     assert sum(report.faults.values()) >= 8, figures  # the schedule really ran
     # The first round has every kind of fault once (engine.run_schedule), Redis restarts and member kills included.
     assert report.faults["redis_restart"] >= 1 and report.faults["member_kill"] >= 1, figures
+    # Cut off from Redis, member C drove devices and then none (its own clock let them go); violations() checks
+    # the "none", this that there was something to let go.
+    assert len(report.partitions) == report.faults["member_partition"] >= 1, figures
+    assert all(held > 0 for held, _ in report.partitions), figures
     assert report.faults["member_restart"] == report.faults["member_kill"], figures
     assert len(report.member_process) == 1 + report.faults["member_kill"], figures
     assert report.results_by_kind["completed"] >= 100, figures  # and so did the load
@@ -81,3 +85,11 @@ def test_an_outage_counts_for_the_fault_it_began_after_even_when_it_ends_after_t
     assert report.unrecovered == ["cut (a device down until 20.0 s after it)"]
     assert report.outages == 2 and report.longest_outage == pytest.approx(19.5)
     assert "redis_restart" in FLEET_FAULTS
+
+
+def test_a_member_still_driving_when_its_redis_link_comes_back_is_a_violation() -> None:
+    report = FleetSoakReport(lease_ttl=3.0)
+    report.partitions = [(4, 0), (4, 2)]  # the first let its devices go in time, the second did not
+    (violation,) = report.violations()
+    assert "still drove 2 of its 4 devices" in violation
+    assert report.figures()["partitions"] == [(4, 0), (4, 2)]

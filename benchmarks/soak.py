@@ -1,14 +1,15 @@
 """The chaos soak (issue 15, item 2) for as long as you like: ``tests/soak/engine.py`` with the figures printed.
 
-    python benchmarks/soak.py [--minutes 20] [--devices 50] [--callers 8] [--seed 1] [--fault-every 4] [--out FILE]
+    python benchmarks/soak.py [--minutes 20] [--devices 50] [--callers 8] [--seed 1] [--fault-every 4]
+        [--warmup 60] [--fault-warmup 180] [--out FILE]
     python benchmarks/soak.py --fleet [--lease-ttl 3] [...]
 
 Everything (AIP server, fault proxy, device agents, the manager and its callers) runs in this one process on the
 real clock, so RSS and descriptors are the process's. With ``--fleet``, ``tests/soak/fleet_engine.py``: three
 fleet members on a redis-server this script starts (two in this process, carrying the callers; one in a process of
-its own, SIGKILLed and started again), with Redis restarts and member kills added to the faults; the member
-process's RSS and descriptors are reported per incarnation. The exit status is 1 when an invariant broke (the
-violations are printed), never because of a timing.
+its own, SIGKILLed and started again, and cut off from Redis), with Redis restarts, member kills and member
+partitions added to the faults; the member process's RSS and descriptors are reported per incarnation. The exit
+status is 1 when an invariant broke (the violations are printed), never because of a timing.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ left at exit, RSS and descriptors of this process):
 - after each fault, every device is driven by exactly one live member, IDLE or BUSY, that member holds its lease
   in Redis, and the server lists its registration — within the lease TTL + the single-manager bound (a dead
   member's devices wait for its leases to expire). Measured twice: the wait right after the fault, and each
-  device's outages (no driver) that began after the fault, which also catch a device that drops only later.
+  device's outages (no driver) that began after the fault, which also catch a device that drops only later;
+- at the end of each partition, member C drives none of the devices it drove when it was cut off.
 
 :func:`run_fleet_soak` returns a :class:`FleetSoakReport`.
 """
@@ -155,7 +156,8 @@ class FleetSoakReport(SoakReport):
                 f"devices driven by two members at once (> {self.overlap_slack:g} s): {self.double_drives[:10]}"
             )
         found += [
-            f"member C still drove {still} of its {held} devices after {self.lease_ttl:g} s + cut off from Redis"
+            f"member C still drove {still} of its {held} devices after more than the lease TTL "
+            f"({self.lease_ttl:g} s) cut off from Redis"
             for held, still in self.partitions
             if still
         ]

@@ -430,8 +430,8 @@ async def flood_manager_servers(rate: int) -> dict[str, Any]:
                     elif message.type is ClientMessageType.DEVICE_INFO_REQUEST:
                         info = {"os": "linux", "platform": "linux"}
                         await link.send(builders.device_info_response(message.request_id, info))
-        except LinkError:
-            return
+        except* LinkError:
+            pass  # the manager went away (both tasks may see it: hence except*)
 
     async with trio.open_nursery() as nursery:
         serving = partial(serve_links, host="127.0.0.1", port=0, handshake_deadline=5.0)
@@ -827,7 +827,9 @@ def _server_usage(pid: int) -> dict[str, Any]:
 
 async def _manager_phase(args: argparse.Namespace) -> dict[str, Any]:
     """A manager here, its devices on the fake servers of a ``manager-servers`` process (heartbeats every 1 s)."""
-    process, line = await _start_process("--flood", "manager-servers", "--rate", str(args.rate))
+    child_log = trio.Path(f"{args.server_log}.manager-servers")
+    with await trio.to_thread.run_sync(partial(open, child_log, "wb")) as stderr:
+        process, line = await _start_process("--flood", "manager-servers", "--rate", str(args.rate), stderr=stderr)
     ports = json.loads(line)
     ids = ["flooded"] + [f"calm-{i}" for i in range(args.manager_devices - 1)]
     try:
@@ -847,6 +849,12 @@ async def _manager_phase(args: argparse.Namespace) -> dict[str, Any]:
         while chunk := await process.stdout.receive_some(1 << 16):
             output += chunk
         await process.wait()
+    if not output.strip():
+        tail = (await child_log.read_text(errors="replace"))[-2000:]
+        raise RuntimeError(
+            f"the manager-servers process exited with status {process.returncode} without its figures;"
+            f" the end of its stderr ({child_log}):\n{tail}"
+        )
     return {"devices": len(ids), "idle_at_end": idle, **json.loads(output)}
 
 
@@ -1000,7 +1008,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--held", type=int, default=5000, help="connections held open (default 5000)")
     parser.add_argument("--manager-devices", type=int, default=10, help="devices of the manager phase")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
-    parser.add_argument("--server-log", default="/tmp/floods-server.log", help="the servers' warnings")
+    parser.add_argument(
+        "--server-log",
+        default="/tmp/floods-server.log",
+        help="the servers' warnings (the pass logs and the manager phase's fake servers' stderr go next to it)",
+    )
     parser.add_argument(
         "--base", metavar="DIR", help="also run each main-server phase against a server from this tree, first"
     )

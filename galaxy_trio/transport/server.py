@@ -413,7 +413,8 @@ async def _serve_connection(
     close_turnstile: PassTurnstile,
     stream: trio.SocketStream,
 ) -> None:
-    """One connection, from TCP accept to close. Nothing it raises (but Cancelled) reaches the listener.
+    """One connection, from TCP accept to close. Nothing it raises (but Cancelled) reaches the listener, not even
+    an error raised alongside a Cancelled in one exception group.
 
     The upgrade reads through a :class:`_HandshakeTurn`; the link then reads its socket directly (a TLS link
     through its SSLStream, whose transport the finished turn set back to the socket).
@@ -432,8 +433,11 @@ async def _serve_connection(
         request = await _upgrade(link_stream, turn, max_message_size, remote, handshake_deadline, close_turnstile)
         if request is not None:
             await handler(request)
-    except Exception as exc:  # Cancelled is not an Exception: a server shutdown still goes through
-        logger.warning("a connection from %s failed in the transport and was dropped: %r", remote, exc)
+    except* Exception as failed:
+        # Cancelled is not an Exception: a shutdown's Cancelled goes on, and an error that met it in one group
+        # (a handler's task failing as the server is cancelled) stays here rather than escape serve_links.
+        reasons = ", ".join(map(repr, failed.exceptions))
+        logger.warning("a connection from %s failed in the transport and was dropped: %s", remote, reasons)
     finally:
         turn.finish()
         if link_stream is stream:

@@ -172,6 +172,35 @@ async def test_a_rejected_upgrade_gets_its_status_and_body_then_the_socket_close
     assert seen == [("/ws?token=x", f"127.0.0.1:{local_port}")]
 
 
+async def test_a_handler_failing_as_the_server_is_cancelled_is_logged_and_the_server_stops_cleanly(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler whose own nursery fails while shutdown cancels it raises one group holding the failure and a
+    Cancelled; that group must stop at the connection (until 2026-12-07 it escaped serve_links, and the
+    floods script's fake servers died at their stop without printing their figures)."""
+    serving = trio.Event()
+
+    async def fails_on_cancel(request: LinkRequest) -> None:
+        await request.accept()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            serving.set()
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise LinkClosed("the peer went away as the server stopped")
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_links, fails_on_cancel, "127.0.0.1", 0, handshake_deadline=5.0))
+            async with open_link(f"ws://127.0.0.1:{port}/ws"):
+                await serving.wait()
+                nursery.cancel_scope.cancel()
+    assert nursery.cancel_scope.cancelled_caught
+    dropped = [r.getMessage() for r in caplog.records if "failed in the transport" in r.getMessage()]
+    assert len(dropped) == 1 and "the peer went away as the server stopped" in dropped[0], dropped
+
+
 async def test_ping_returns_once_the_peer_pongs_and_raises_when_the_link_closes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

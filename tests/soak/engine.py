@@ -44,6 +44,8 @@ from ..faults.rig import AGENT_OPTIONS, FAST_PROBES, Rig
 from .memory import MemoryTrace
 
 FAULTS = ("agent_restart", "server_restart", "cut", "blackhole", "stalled_handshakes")
+#: For how many unrecovered faults a soak keeps the description of what was not back.
+MAX_NOT_BACK = 5
 
 #: The manager's settings in the soak (real seconds): quick detection and retries, so recoveries are short.
 MANAGER_SETTINGS: dict[str, float] = {
@@ -93,6 +95,9 @@ class SoakReport:
     faults: Counter[str] = field(default_factory=Counter)
     recoveries: list[tuple[str, float]] = field(default_factory=list)
     unrecovered: list[str] = field(default_factory=list)
+    #: For the first few faults not recovered within the bound: what was not back then (see ``run_schedule``'s
+    #: ``describe``), so that a long run's failure says why without a second run.
+    not_back: list[tuple[str, list[str]]] = field(default_factory=list)
     recovery_bound: float = 0.0
     #: RSS after the load-only warm-up, before any fault (reported; the drift is measured from ``rss_warm``).
     rss_load: int = 0
@@ -184,6 +189,7 @@ class SoakReport:
             "fds_end": self.fds_end,
             "samples": self.samples,
             **({"memory": self.memory} if self.memory else {}),
+            **({"not_back": self.not_back} if self.not_back else {}),
             "violations": self.violations(),
         }
 
@@ -365,6 +371,7 @@ async def run_schedule(
     on_start: Callable[[], None] | None = None,
     follow_ups: Mapping[str, str] | None = None,
     trace_memory: int | None = None,
+    describe: Callable[[], Awaitable[list[str]]] | None = None,
 ) -> None:
     """The fault loop, with the load already running.
 
@@ -383,7 +390,8 @@ async def run_schedule(
     thread arenas), which then stay though nothing is kept; a leak keeps climbing after them, and that is what
     the drift from this baseline shows. With ``trace_memory`` (see :class:`.memory.MemoryTrace`), its baseline is
     taken with the RSS baseline, it is sampled along, and its figures (after the RSS end: they trim the heap) go
-    to ``report.memory``."""
+    to ``report.memory``. ``describe``, when a fault has not recovered within the bound, says what is not back
+    (kept in ``report.not_back`` for the first :data:`MAX_NOT_BACK` such faults)."""
     memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     await trio.sleep(warmup)
     report.rss_load, _ = process_usage()
@@ -424,6 +432,8 @@ async def run_schedule(
                 await all_back()
             if waiting.cancelled_caught:
                 report.unrecovered.append(fault)
+                if describe is not None and len(report.not_back) < MAX_NOT_BACK:
+                    report.not_back.append((fault, await describe()))
                 with trio.move_on_after(60):
                     await all_back()  # carry on from a clean state
             report.recoveries.append((fault, trio.current_time() - ended))

@@ -111,14 +111,16 @@ class FleetSoakReport(SoakReport):
     #: How often two members' claims on one device overlapped (however briefly), and the longest overlap (s).
     overlaps: int = 0
     worst_overlap: float = 0.0
-    #: (device, member, member, seconds) of the overlaps longer than ``overlap_slack`` (the first 100).
-    double_drives: list[tuple[str, str, str, float]] = field(default_factory=list)
+    #: (device, member, member, seconds, the fault whose turn it began in and when) of the overlaps longer than
+    #: ``overlap_slack`` (the first 100).
+    double_drives: list[tuple[str, str, str, float, str]] = field(default_factory=list)
     #: Per incarnation of member C: its id and (seconds since the soak's faults began, RSS MiB, fds) samples.
     member_process: list[dict[str, Any]] = field(default_factory=list)
     #: (fault, started, ended) on the wall clock, in the order of ``recoveries``; ``fault_starts`` gets each start
     #: as the fault begins, ``latest_back`` the end of the last outage that began during each fault's turn.
     fault_times: list[tuple[str, float, float]] = field(default_factory=list)
     fault_starts: list[float] = field(default_factory=list)
+    fault_kinds: list[str] = field(default_factory=list)
     latest_back: list[float] = field(default_factory=list)
     #: Per partition of member C from Redis: (devices it drove when cut off, devices it still drove when the link
     #: came back, TTL + 1-3 s later: must be 0 — its leases ran out by its own clock and it had to let them go).
@@ -129,16 +131,25 @@ class FleetSoakReport(SoakReport):
 
     def begin_fault(self, fault: str, at: float) -> None:
         self.fault_starts.append(at)
+        self.fault_kinds.append(fault)
         self.latest_back.append(-math.inf)
 
     def end_fault(self, fault: str, at: float) -> None:
         self.fault_times.append((fault, self.fault_starts[-1], at))
 
-    def note_overlap(self, device_id: str, member_id: str, other: str, seconds: float) -> None:
+    def note_overlap(self, device_id: str, member_id: str, other: str, seconds: float, began: float) -> None:
         self.overlaps += 1
         self.worst_overlap = max(self.worst_overlap, seconds)
         if seconds > self.overlap_slack and len(self.double_drives) < 100:
-            self.double_drives.append((device_id, member_id, other, seconds))
+            self.double_drives.append((device_id, member_id, other, round(seconds, 2), self._turn_of(began)))
+
+    def _turn_of(self, at: float) -> str:
+        """Which fault's turn the wall-clock time ``at`` fell in, and when (seconds after the first fault began)."""
+        index = bisect.bisect_right(self.fault_starts, at) - 1
+        if index < 0:
+            return "before the first fault"
+        start = self.fault_starts[index]
+        return f"{self.fault_kinds[index]} at {start - self.fault_starts[0]:.1f} s, +{at - start:.1f} s"
 
     def note_outage(self, down: float, back: float) -> None:
         """A device had no driver from ``down`` to ``back``: it counts for the fault during whose turn it began."""
@@ -211,7 +222,8 @@ class ClaimBook:
             return
         self.held_by(member_id).discard(device_id)
         for other, other_since in holders.items():
-            self._report.note_overlap(device_id, member_id, other, max(0.0, at - max(since, other_since)))
+            began = max(since, other_since)
+            self._report.note_overlap(device_id, member_id, other, max(0.0, at - began), began)
         if not holders:
             self._down_since[device_id] = at
 
@@ -314,6 +326,10 @@ class MemberProcess:
                         if word == "ready" and not started:
                             started = True
                             task_status.started()
+                        elif word in ("claim", "release"):
+                            at, _, device_id = rest.partition(" ")
+                            change = self._book.claim if word == "claim" else self._book.release
+                            change(member_id, device_id, float(at))
                         elif word == "claims":
                             at, _, devices = rest.partition(" ")
                             self._book.set_claims(member_id, set(json.loads(devices)), float(at))
@@ -437,6 +453,39 @@ async def _all_back(
                 if owners == [found[0] for found in drivers]:
                     return
         await trio.sleep(0.05)
+
+
+async def _not_back(
+    members: Sequence[FleetMember], process: MemberProcess, rig: Rig, leases: FleetRegistry, ids: Sequence[str]
+) -> list[str]:
+    """What :func:`_all_back` still waits for, device by device (the first few): who drives it, who holds its lease,
+    what the server lists, and each in-process member's view of it."""
+    try:
+        owners: list[str | None] | str = await leases.owners(ids)
+    except RegistryUnavailable as exc:
+        owners = f"unknown ({exc})"
+    online = rig.server.online() if rig.server.running else {}
+    found = []
+    for index, device_id in enumerate(ids):
+        drivers = _drivers_of(device_id, members, process)
+        owner = owners if isinstance(owners, str) else owners[index]
+        registered = f"{TASK_NAME}@{device_id}" in online
+        if len(drivers) == 1 and owner == drivers[0] and registered:
+            continue
+        views = ", ".join(
+            f"{m.member_id}: {p.status.name if (p := m.manager.get_device_info(device_id)) else '-'}" for m in members
+        )
+        found.append(
+            f"{device_id}: drivers {drivers}, lease {owner}, server: agent {'on' if device_id in online else 'off'},"
+            f" constellation {'on' if registered else 'off'}; {views}"
+        )
+    share = fair_share(len(ids), len(members) + (process.member_id is not None and process.alive))
+    counts = Counter(drivers[0] for drivers in (_drivers_of(d, members, process) for d in ids) if drivers)
+    return [f"{len(found)} devices not back; fair share {share}, driven: {dict(counts)}", *found[:MAX_DEVICES_SHOWN]]
+
+
+#: How many devices :func:`_not_back` describes.
+MAX_DEVICES_SHOWN = 8
 
 
 def attribute_outages(report: FleetSoakReport) -> None:
@@ -564,6 +613,7 @@ async def run_fleet_soak(
                     on_start=process.set_time_zero,
                     follow_ups={"member_kill": "member_restart"},
                     trace_memory=trace_memory,
+                    describe=partial(_not_back, members, process, rig, leases, ids),
                 )
                 book.close_outages(time.time())
                 attribute_outages(report)

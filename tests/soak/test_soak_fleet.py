@@ -60,7 +60,7 @@ def test_two_members_claiming_one_device_longer_than_the_slack_is_a_violation() 
     book.set_claims("c", {"d2"}, 101.0)  # c drives d2 while a still does, for 2 s
     book.finish(103.0)
     assert report.overlaps == 2 and report.worst_overlap == pytest.approx(2.0)
-    assert [(d, round(s, 3)) for d, _, _, s in report.double_drives] == [("d2", 2.0)]
+    assert [(d, round(s, 3)) for d, _, _, s, _ in report.double_drives] == [("d2", 2.0)]
     (violation,) = report.violations()
     assert "driven by two members at once" in violation and "'d2'" in violation and "'d1'" not in violation
 

@@ -6,7 +6,8 @@ cut off from Redis alone.
     member B ─┼─ws─▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (tests/faults/rig.py)
     member C ─┘  (tests/soak/member_process.py, a process of its own: SIGKILLed and started again)
         └──────── all three on one redis-server (a process this soak starts, kills and starts again);
-                  C's link to it through a TcpProxy (tests/fleet/peers.py) that the schedule cuts
+                  C's link to it through a TcpProxy (tests/fleet/peers.py) that the schedule cuts, in a
+                  process of its own (tests/soak/redis_link.py)
 
 Reused from :mod:`.engine`: the devices' ``work`` tool and its exact records, the agents, the callers, the fault
 loop, the five rig faults. Added here:
@@ -72,7 +73,6 @@ from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, f
 from galaxy_trio.manager import DeviceNotConnected, EventKind
 
 from ..faults.rig import Rig
-from ..fleet.peers import TcpProxy
 from ..redis_process import open_redis_process, redis_binary
 from .engine import (
     FAULTS,
@@ -85,6 +85,7 @@ from .engine import (
     run_caller,
     run_schedule,
 )
+from .redis_link import open_redis_link
 
 FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill", "member_partition")
 #: What a fleet caller may be told instead of a TaskResult (see the module docstring).
@@ -534,8 +535,8 @@ async def run_fleet_soak(
         # Whatever ends the soak (an error, a timeout, Ctrl-C), member C must not outlive it either.
         with trio.fail_after(REDIS_START_WITHIN):
             await redis.start()
-        redis_link = TcpProxy(redis.port)  # member C's way to Redis: the partition cuts it
-        await nursery.start(redis_link.serve)
+        # Member C's way to Redis, which the partition cuts (in a process of its own: see .redis_link).
+        redis_link = await children.enter_async_context(open_redis_link(redis.port))
         rig = await Rig(nursery).start()
         agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
         for agent in agents:
@@ -575,10 +576,10 @@ async def run_fleet_soak(
                 await process.start()
             elif fault == "member_partition":
                 held = len(process.claims)
-                redis_link.cut()
+                await redis_link.cut()
                 await trio.sleep(lease_ttl + rng.uniform(1.0, 3.0))
                 report.partitions.append((held, len(process.claims)))
-                redis_link.restore()
+                await redis_link.restore()
             else:
                 await inject_rig_fault(fault, rig=rig, agents=agents, rng=rng, nursery=nursery)
 

@@ -466,9 +466,9 @@ async def _not_back(
     except RegistryUnavailable as exc:
         owners = f"unknown ({exc})"
     online = rig.server.online() if rig.server.running else {}
+    all_drivers = [_drivers_of(d, members, process) for d in ids]
     found = []
-    for index, device_id in enumerate(ids):
-        drivers = _drivers_of(device_id, members, process)
+    for index, (device_id, drivers) in enumerate(zip(ids, all_drivers, strict=True)):
         owner = owners if isinstance(owners, str) else owners[index]
         registered = f"{TASK_NAME}@{device_id}" in online
         if len(drivers) == 1 and owner == drivers[0] and registered:
@@ -481,7 +481,7 @@ async def _not_back(
             f" constellation {'on' if registered else 'off'}; {views}"
         )
     share = fair_share(len(ids), len(members) + (process.member_id is not None and process.alive))
-    counts = Counter(drivers[0] for drivers in (_drivers_of(d, members, process) for d in ids) if drivers)
+    counts = Counter(drivers[0] for drivers in all_drivers if drivers)
     return [f"{len(found)} devices not back; fair share {share}, driven: {dict(counts)}", *found[:MAX_DEVICES_SHOWN]]
 
 

@@ -4,9 +4,10 @@
 
 The child prints the port it forwards from, then takes one command per line on stdin — ``cut`` (drop every
 connection, refuse new ones) or ``restore`` — and answers each with ``ok`` once done. Why a process: in the
-soak's process, C's every Redis round trip waited for that process's turn on a core it saturates at 500 devices,
-so C's renewals timed out and its leases lapsed during the load alone (2026-12-07, before the first fault); C
-was partitioned by the machine's load, not by the schedule. :func:`open_redis_link` runs it from the soak.
+soak's process, which saturates a core at 500 devices, every one of C's Redis round trips also waited for that
+process's turn, a delay A and B do not have on their own link and one that grows with the load (C's renewals time
+out after 1 s). Here C's link to Redis is as direct as theirs except when the schedule cuts it.
+:func:`open_redis_link` runs it from the soak.
 """
 
 from __future__ import annotations

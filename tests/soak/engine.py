@@ -1,10 +1,11 @@
 """The chaos soak (issue 15, item 2): devices, a steady task load from several callers, and a seeded random
 schedule of faults, with the invariants checked as it runs and at the end.
 
-    manager ──ws──▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (tests/faults/rig.py)
+    manager ──ws──▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N
+                    (a process of its own: .proxy_process)
 
-Everything runs in one trio process on the real clock. Each device's agent has a ``work`` tool that records every
-execution by the task's token, so the checks are exact:
+Everything but the proxy runs in one trio process on the real clock (:class:`SoakRig`). Each device's agent has
+a ``work`` tool that records every execution by the task's token, so the checks are exact:
 
 - every ``assign_task_to_device`` call returns exactly one ``TaskResult`` (no exception, no call left hanging);
 - no task runs twice (the tool saw each token at most once; a ``completed`` one exactly once, with its token);
@@ -27,7 +28,8 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -35,13 +37,14 @@ from typing import Any
 import psutil
 import trio
 
-from galaxy_trio import DeviceStatus
+from galaxy_trio import DeviceConfig, DeviceStatus
 from galaxy_trio.agent import DeviceAgent, DeviceInfoProvider, ToolRegistry, add_builtin_tools
 from galaxy_trio.aip import ToolType
 from galaxy_trio.manager import ConstellationDeviceManager, TaskResult
 
-from ..faults.rig import AGENT_OPTIONS, FAST_PROBES, Rig
+from ..faults.rig import AGENT_OPTIONS, FAST_PROBES, TOKEN, ServerHandle
 from .memory import MemoryTrace
+from .proxy_process import ProxyProcess, open_proxy_process
 
 FAULTS = ("agent_restart", "server_restart", "cut", "blackhole", "stalled_handshakes")
 #: For how many unrecovered faults a soak keeps the description of what was not back.
@@ -272,18 +275,60 @@ class SoakAgent:
             self._scope = None
 
 
+class SoakRig:
+    """The soak's AIP server (in this process, in a cancel scope of its own: stopped and started again on the same
+    port) and the fault proxy in front of it (in a process of its own: see :mod:`.proxy_process`). The managers
+    reach the server through the proxy; the agents connect to it directly. :func:`open_soak_rig` starts both."""
+
+    def __init__(self, server: ServerHandle, proxy: ProxyProcess) -> None:
+        self.server = server
+        self.proxy = proxy
+
+    @property
+    def manager_url(self) -> str:
+        return f"ws://127.0.0.1:{self.proxy.port}/ws?token={TOKEN}"
+
+    def device(self, device_id: str, **fields: object) -> DeviceConfig:
+        return DeviceConfig(device_id=device_id, server_url=self.manager_url, **fields)  # type: ignore[arg-type]
+
+    async def stop_server(self) -> None:
+        """Stop the server, with the proxy's port closed first, so that the managers, like the agents, find the
+        port closed (connection refused) rather than a proxy that accepts and then resets."""
+        await self.proxy.close_port()
+        await self.server.stop()
+
+    async def start_server(self) -> None:
+        await self.server.start()
+        await self.proxy.open_port()
+
+
+@asynccontextmanager
+async def open_soak_rig(nursery: trio.Nursery) -> AsyncIterator[SoakRig]:
+    """Start the server in ``nursery`` and the proxy process in front of it; the proxy is killed when the block
+    ends (the server ends with ``nursery``)."""
+    server = ServerHandle(nursery)
+    await server.start()
+    async with open_proxy_process("faults", server.port) as proxy:
+        yield SoakRig(server, proxy)
+
+
 def process_usage() -> tuple[int, int]:
     process = psutil.Process()
     return int(process.memory_info().rss), process.num_fds()
 
 
+#: How often the wait for "everything back" looks (seconds): fine against a bound of seconds, and cheap (at 500
+#: devices, reading every profile every 50 ms took a tenth of the soak process's time).
+POLL_EVERY = 0.1
+
+
 async def _all_back(manager: ConstellationDeviceManager, ids: list[str]) -> None:
     """Until every device is IDLE or BUSY (a BUSY one has a live, registered link)."""
     while True:
-        statuses = [manager.get_device_info(d) for d in ids]
-        if all(p is not None and p.status in (DeviceStatus.IDLE, DeviceStatus.BUSY) for p in statuses):
+        states = manager.get_all_device_states()
+        if all(d in states and states[d].status in (DeviceStatus.IDLE, DeviceStatus.BUSY) for d in ids):
             return
-        await trio.sleep(0.05)
+        await trio.sleep(POLL_EVERY)
 
 
 #: How a caller starts one task: ``assign(task_id, device_id, request)``, a manager's or a fleet member's method.
@@ -330,10 +375,10 @@ async def run_caller(
 
 
 async def inject_rig_fault(
-    fault: str, *, rig: Rig, agents: list[SoakAgent], rng: random.Random, nursery: trio.Nursery
+    fault: str, *, rig: SoakRig, agents: list[SoakAgent], rng: random.Random, nursery: trio.Nursery
 ) -> None:
     """Inject one of :data:`FAULTS` and undo it (an agent or the server restarted, the proxy restored)."""
-    proxy = rig.fault_proxy
+    proxy = rig.proxy
     if fault == "agent_restart":
         agent = rng.choice(agents)
         agent.kill()
@@ -344,16 +389,15 @@ async def inject_rig_fault(
         await trio.sleep(rng.uniform(0.2, 1.0))
         await rig.start_server()
     elif fault == "cut":
-        proxy.cut()
+        await proxy.cut()
     elif fault == "blackhole":
-        proxy.blackhole = True
+        await proxy.blackhole()
         await trio.sleep(rng.uniform(1.0, 4.0))
-        proxy.restore()
+        await proxy.restore()
     elif fault == "stalled_handshakes":
-        proxy.stall_handshake = True
-        proxy.cut()
+        await proxy.stall_handshakes()  # (and the live links cut, so that every manager link reconnects into it)
         await trio.sleep(rng.uniform(0.5, 2.0))
-        proxy.release_handshakes()
+        await proxy.release_handshakes()
 
 
 async def run_schedule(
@@ -464,8 +508,7 @@ async def run_soak(
     report.recovery_bound = RECOVERY_BOUND
     workload = Workload(report)
     started = time.monotonic()
-    async with trio.open_nursery() as nursery:
-        rig = await Rig(nursery).start()
+    async with trio.open_nursery() as nursery, open_soak_rig(nursery) as rig:
         agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
         for agent in agents:
             await agent.start(nursery)

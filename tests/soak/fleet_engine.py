@@ -3,11 +3,12 @@ single-manager soak's load and faults plus three of fleet mode's own — Redis r
 cut off from Redis alone.
 
     member A ─┐  (in this process; they carry the callers)
-    member B ─┼─ws─▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (tests/faults/rig.py)
+    member B ─┼─ws─▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (.engine.SoakRig)
     member C ─┘  (tests/soak/member_process.py, a process of its own: SIGKILLed and started again)
         └──────── all three on one redis-server (a process this soak starts, kills and starts again);
-                  C's link to it through a TcpProxy (tests/fleet/peers.py) that the schedule cuts, in a
-                  process of its own (tests/soak/redis_link.py)
+                  C's link to it through a TcpProxy (tests/fleet/peers.py) that the schedule cuts
+
+The fault proxy and C's Redis link each run in a process of their own (tests/soak/proxy_process.py).
 
 Reused from :mod:`.engine`: the devices' ``work`` tool and its exact records, the agents, the callers, the fault
 loop, the five rig faults. Added here:
@@ -72,20 +73,22 @@ from galaxy_trio import ConstellationDeviceManager, DeviceConfig, DeviceStatus
 from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, fair_share, open_fleet_member
 from galaxy_trio.manager import DeviceNotConnected, EventKind
 
-from ..faults.rig import Rig
 from ..redis_process import open_redis_process, redis_binary
 from .engine import (
     FAULTS,
     MANAGER_SETTINGS,
+    POLL_EVERY,
     RECOVERY_BOUND,
     SoakAgent,
     SoakReport,
+    SoakRig,
     Workload,
     inject_rig_fault,
+    open_soak_rig,
     run_caller,
     run_schedule,
 )
-from .redis_link import open_redis_link
+from .proxy_process import open_proxy_process
 
 FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill", "member_partition")
 #: What a fleet caller may be told instead of a TaskResult (see the module docstring).
@@ -422,27 +425,29 @@ async def open_members(
         yield members
 
 
-def _drivers_of(device_id: str, members: Sequence[FleetMember], process: MemberProcess) -> list[str]:
-    """The live members that hold a registered link to the device right now."""
-    drivers = []
-    for member in members:
-        profile = member.manager.get_device_info(device_id)
-        if profile is not None and profile.status in REGISTERED:
-            drivers.append(member.member_id)
-    if process.member_id is not None and device_id in process.claims:
-        drivers.append(process.member_id)
-    return drivers
+def _drivers(ids: Sequence[str], members: Sequence[FleetMember], process: MemberProcess) -> list[list[str]]:
+    """Per device of ``ids``, the live members that hold a registered link to it right now."""
+    registered = [
+        {d for d, state in member.manager.get_all_device_states().items() if state.status in REGISTERED}
+        for member in members
+    ]
+    claims = process.claims if process.member_id is not None else set()
+    return [
+        [m.member_id for m, held in zip(members, registered, strict=True) if d in held]
+        + ([process.member_id] if d in claims and process.member_id is not None else [])
+        for d in ids
+    ]
 
 
 async def _all_back(
-    members: Sequence[FleetMember], process: MemberProcess, rig: Rig, leases: FleetRegistry, ids: Sequence[str]
+    members: Sequence[FleetMember], process: MemberProcess, rig: SoakRig, leases: FleetRegistry, ids: Sequence[str]
 ) -> None:
     """Until every device is driven by exactly one live member (IDLE or BUSY there), no member drives more than its
     fair share (so a member that just joined has had its part handed over), that member holds the device's lease in
     Redis, and the server lists the device's registration."""
     expected = sorted(f"{TASK_NAME}@{d}" for d in ids)
     while True:
-        drivers = [_drivers_of(d, members, process) for d in ids]
+        drivers = _drivers(ids, members, process)
         share = fair_share(len(ids), len(members) + (process.member_id is not None and process.alive))
         balanced = max(Counter(found[0] for found in drivers if found).values(), default=0) <= share
         if balanced and all(len(found) == 1 for found in drivers) and rig.server.running:
@@ -453,11 +458,11 @@ async def _all_back(
                     owners = []
                 if owners == [found[0] for found in drivers]:
                     return
-        await trio.sleep(0.05)
+        await trio.sleep(POLL_EVERY)
 
 
 async def _not_back(
-    members: Sequence[FleetMember], process: MemberProcess, rig: Rig, leases: FleetRegistry, ids: Sequence[str]
+    members: Sequence[FleetMember], process: MemberProcess, rig: SoakRig, leases: FleetRegistry, ids: Sequence[str]
 ) -> list[str]:
     """What :func:`_all_back` still waits for, device by device (the first few): who drives it, who holds its lease,
     what the server lists, and each in-process member's view of it."""
@@ -466,7 +471,7 @@ async def _not_back(
     except RegistryUnavailable as exc:
         owners = f"unknown ({exc})"
     online = rig.server.online() if rig.server.running else {}
-    all_drivers = [_drivers_of(d, members, process) for d in ids]
+    all_drivers = _drivers(ids, members, process)
     found = []
     for index, (device_id, drivers) in enumerate(zip(ids, all_drivers, strict=True)):
         owner = owners if isinstance(owners, str) else owners[index]
@@ -535,9 +540,9 @@ async def run_fleet_soak(
         # Whatever ends the soak (an error, a timeout, Ctrl-C), member C must not outlive it either.
         with trio.fail_after(REDIS_START_WITHIN):
             await redis.start()
-        # Member C's way to Redis, which the partition cuts (in a process of its own: see .redis_link).
-        redis_link = await children.enter_async_context(open_redis_link(redis.port))
-        rig = await Rig(nursery).start()
+        # Member C's way to Redis, which the partition cuts (in a process of its own: see .proxy_process).
+        redis_link = await children.enter_async_context(open_proxy_process("tcp", redis.port))
+        rig = await children.enter_async_context(open_soak_rig(nursery))
         agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
         for agent in agents:
             await agent.start(nursery)

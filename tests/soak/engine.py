@@ -2,17 +2,19 @@
 schedule of faults, with the invariants checked as it runs and at the end.
 
     manager ──ws──▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N
-                    (a process of its own: .proxy_process)
+    (this process)  (.proxy_process) └──── .device_side ────┘
 
-Everything but the proxy runs in one trio process on the real clock (:class:`SoakRig`). Each device's agent has
-a ``work`` tool that records every execution by the task's token, so the checks are exact:
+Three processes on the real clock (:class:`SoakRig`): the manager and the checks in this one, the fault proxy in
+one, the AIP server and the agents in one (so that, as in a real fleet, the managers do not share a core with the
+devices' side). Each device's agent has a ``work`` tool that records every execution by the task's token (a line
+the device side writes as the execution begins), so the checks are exact:
 
 - every ``assign_task_to_device`` call returns exactly one ``TaskResult`` (no exception, no call left hanging);
 - no task runs twice (the tool saw each token at most once; a ``completed`` one exactly once, with its token);
 - no two tasks overlap on a device (the tool counts executions in progress per device: never above 1);
 - after each fault, every device is IDLE (or BUSY with a task) again within ``recovery_bound`` seconds;
-- the process's RSS and open descriptors after warm-up and at the end (the drift is reported; the test bounds it;
-  the warm-up may include faults, see :func:`run_schedule`);
+- the RSS and open descriptors of the manager's process and of the server's after warm-up and at the end (the
+  drift is reported; the test bounds it; the warm-up may include faults, see :func:`run_schedule`);
 - nothing left at exit (the callers' and the rig's tasks all ended).
 
 Faults, every kind once in a shuffled first round and then drawn from ``random.Random(seed)``, every
@@ -38,11 +40,11 @@ import psutil
 import trio
 
 from galaxy_trio import DeviceConfig, DeviceStatus
-from galaxy_trio.agent import DeviceAgent, DeviceInfoProvider, ToolRegistry, add_builtin_tools
-from galaxy_trio.aip import ToolType
 from galaxy_trio.manager import ConstellationDeviceManager, TaskResult
 
-from ..faults.rig import AGENT_OPTIONS, FAST_PROBES, TOKEN, ServerHandle
+from ..faults.rig import TOKEN
+from .device_side import START_WITHIN as DEVICE_SIDE_START_WITHIN
+from .device_side import DeviceSide
 from .memory import MemoryTrace
 from .proxy_process import ProxyProcess, open_proxy_process
 
@@ -111,9 +113,15 @@ class SoakReport:
     rss_end: int = 0
     fds_warm: int = 0
     fds_end: int = 0
+    #: The same four for the device side's process (the AIP server and the agents), taken at the same moments.
+    server_rss_warm: int = 0
+    server_rss_end: int = 0
+    server_fds_warm: int = 0
+    server_fds_end: int = 0
     leftover_tasks: list[str] = field(default_factory=list)
     #: (seconds since the faults began, RSS MiB, fds), about every 30 s: a leak climbs, a warm-up flattens.
     samples: list[tuple[float, float, int]] = field(default_factory=list)
+    server_samples: list[tuple[float, float, int]] = field(default_factory=list)
     #: With ``trace_memory``: where memory went between the baseline and the end (:class:`.memory.MemoryTrace`).
     memory: dict[str, Any] = field(default_factory=dict)
 
@@ -139,6 +147,16 @@ class SoakReport:
     @property
     def fd_drift(self) -> int:
         return self.fds_end - self.fds_warm
+
+    @property
+    def server_rss_drift(self) -> float:
+        if not self.server_rss_warm:
+            return math.nan
+        return (self.server_rss_end - self.server_rss_warm) / self.server_rss_warm
+
+    @property
+    def server_fd_drift(self) -> int:
+        return self.server_fds_end - self.server_fds_warm
 
     def violations(self) -> list[str]:
         found = []
@@ -191,6 +209,12 @@ class SoakReport:
             "fds_warm": self.fds_warm,
             "fds_end": self.fds_end,
             "samples": self.samples,
+            "server_rss_warm_mib": round(self.server_rss_warm / (1 << 20), 1),
+            "server_rss_end_mib": round(self.server_rss_end / (1 << 20), 1),
+            "server_rss_drift_pct": round(100 * self.server_rss_drift, 1),
+            "server_fds_warm": self.server_fds_warm,
+            "server_fds_end": self.server_fds_end,
+            "server_samples": self.server_samples,
             **({"memory": self.memory} if self.memory else {}),
             **({"not_back": self.not_back} if self.not_back else {}),
             "violations": self.violations(),
@@ -216,72 +240,23 @@ def _parse(token: str) -> tuple[int, int]:
     return int(caller), int(n)
 
 
-class Workload:
-    """The devices' ``work`` tool and its bookkeeping, shared by every incarnation of every agent."""
-
-    def __init__(self, report: SoakReport) -> None:
-        self._report = report
-        self._running: Counter[str] = Counter()
-
-    def tool_for(self, device_id: str) -> Callable[..., Any]:
-        async def work(token: str, ms: int = 0) -> str:
-            """Record one execution of ``token`` on this device, take ``ms`` milliseconds."""
-            report = self._report
-            _bump(report.executions, *_parse(token))
-            self._running[device_id] += 1
-            report.peak_overlap = max(report.peak_overlap, self._running[device_id])
-            try:
-                await trio.sleep(ms / 1000)
-            finally:
-                self._running[device_id] -= 1
-            return token
-
-        return work
+def record_run(report: SoakReport, token: str) -> None:
+    """A device began to execute the task ``token`` (a ``run`` line of the device side)."""
+    _bump(report.executions, *_parse(token))
 
 
-class SoakAgent:
-    """One device agent in a cancel scope of its own, with the soak's tools."""
-
-    def __init__(self, device_id: str, url: str, workload: Workload) -> None:
-        self.device_id = device_id
-        self._url = url
-        self._workload = workload
-        self._scope: trio.CancelScope | None = None
-
-    def _make(self) -> DeviceAgent:
-        info = DeviceInfoProvider(probes=FAST_PROBES)
-        tools = ToolRegistry()
-        add_builtin_tools(tools, partial(info.collect, self.device_id))
-        tools.add(self._workload.tool_for(self.device_id), name="work", tool_type=ToolType.ACTION, in_thread=False)
-        return DeviceAgent(self._url, self.device_id, tools=tools, info_provider=info, **AGENT_OPTIONS)  # type: ignore[arg-type]
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        self._scope = scope = trio.CancelScope()
-        await nursery.start(self._run, scope, self._make(), name=f"soak-agent:{self.device_id}")
-
-    @staticmethod
-    async def _run(
-        scope: trio.CancelScope,
-        agent: DeviceAgent,
-        *,
-        task_status: trio.TaskStatus[DeviceAgent] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with scope:
-            await agent.run(task_status=task_status)
-
-    def kill(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-            self._scope = None
+def record_overlap(report: SoakReport, running: int) -> None:
+    """The most tasks running at once on one device reached ``running`` (an ``overlap`` line)."""
+    report.peak_overlap = max(report.peak_overlap, running)
 
 
 class SoakRig:
-    """The soak's AIP server (in this process, in a cancel scope of its own: stopped and started again on the same
-    port) and the fault proxy in front of it (in a process of its own: see :mod:`.proxy_process`). The managers
-    reach the server through the proxy; the agents connect to it directly. :func:`open_soak_rig` starts both."""
+    """The soak's device side (the AIP server and the agents: :class:`.device_side.DeviceSide`) and the fault proxy
+    in front of it (:mod:`.proxy_process`), each in a process of its own. The managers reach the server through
+    the proxy; the agents connect to it directly. :func:`open_soak_rig` starts both."""
 
-    def __init__(self, server: ServerHandle, proxy: ProxyProcess) -> None:
-        self.server = server
+    def __init__(self, device_side: DeviceSide, proxy: ProxyProcess) -> None:
+        self.device_side = device_side
         self.proxy = proxy
 
     @property
@@ -295,21 +270,23 @@ class SoakRig:
         """Stop the server, with the proxy's port closed first, so that the managers, like the agents, find the
         port closed (connection refused) rather than a proxy that accepts and then resets."""
         await self.proxy.close_port()
-        await self.server.stop()
+        await self.device_side.stop_server()
 
     async def start_server(self) -> None:
-        await self.server.start()
+        await self.device_side.start_server()
         await self.proxy.open_port()
 
 
 @asynccontextmanager
-async def open_soak_rig(nursery: trio.Nursery) -> AsyncIterator[SoakRig]:
-    """Start the server in ``nursery`` and the proxy process in front of it; the proxy is killed when the block
-    ends (the server ends with ``nursery``)."""
-    server = ServerHandle(nursery)
-    await server.start()
-    async with open_proxy_process("faults", server.port) as proxy:
-        yield SoakRig(server, proxy)
+async def open_soak_rig(nursery: trio.Nursery, ids: list[str], report: SoakReport) -> AsyncIterator[SoakRig]:
+    """Start the device side (its records go to ``report``) in ``nursery`` and the proxy process in front of it.
+    The proxy is killed when the block ends; :meth:`.device_side.DeviceSide.stop` the device side before reading
+    the report (it ends with ``nursery`` otherwise, killed)."""
+    device_side = DeviceSide(ids, on_run=partial(record_run, report), on_overlap=partial(record_overlap, report))
+    with trio.fail_after(DEVICE_SIDE_START_WITHIN):
+        await nursery.start(device_side.run, name="device-side")
+    async with open_proxy_process("faults", device_side.port) as proxy:
+        yield SoakRig(device_side, proxy)
 
 
 def process_usage() -> tuple[int, int]:
@@ -374,16 +351,14 @@ async def run_caller(
         await trio.sleep(rng.uniform(0.0, 0.05))
 
 
-async def inject_rig_fault(
-    fault: str, *, rig: SoakRig, agents: list[SoakAgent], rng: random.Random, nursery: trio.Nursery
-) -> None:
+async def inject_rig_fault(fault: str, *, rig: SoakRig, ids: list[str], rng: random.Random) -> None:
     """Inject one of :data:`FAULTS` and undo it (an agent or the server restarted, the proxy restored)."""
     proxy = rig.proxy
     if fault == "agent_restart":
-        agent = rng.choice(agents)
-        agent.kill()
+        device_id = rng.choice(ids)
+        await rig.device_side.kill_agent(device_id)
         await trio.sleep(rng.uniform(0.2, 1.5))
-        await agent.start(nursery)
+        await rig.device_side.start_agent(device_id)
     elif fault == "server_restart":
         await rig.stop_server()
         await trio.sleep(rng.uniform(0.2, 1.0))
@@ -416,6 +391,7 @@ async def run_schedule(
     follow_ups: Mapping[str, str] | None = None,
     trace_memory: int | None = None,
     describe: Callable[[], Awaitable[list[str]]] | None = None,
+    server_usage: Callable[[], tuple[int, int] | None] | None = None,
 ) -> None:
     """The fault loop, with the load already running.
 
@@ -435,7 +411,8 @@ async def run_schedule(
     the drift from this baseline shows. With ``trace_memory`` (see :class:`.memory.MemoryTrace`), its baseline is
     taken with the RSS baseline, it is sampled along, and its figures (after the RSS end: they trim the heap) go
     to ``report.memory``. ``describe``, when a fault has not recovered within the bound, says what is not back
-    (kept in ``report.not_back`` for the first :data:`MAX_NOT_BACK` such faults)."""
+    (kept in ``report.not_back`` for the first :data:`MAX_NOT_BACK` such faults). ``server_usage`` gives the
+    device side's RSS and descriptors, taken and sampled along with this process's."""
     memory = MemoryTrace(trace_memory) if trace_memory is not None else None
     await trio.sleep(warmup)
     report.rss_load, _ = process_usage()
@@ -452,6 +429,8 @@ async def run_schedule(
             if memory is not None:
                 memory.baseline(round(report.warm_at))
             report.rss_warm, report.fds_warm = process_usage()
+            if server_usage is not None and (usage := server_usage()) is not None:
+                report.server_rss_warm, report.server_fds_warm = usage
             deadline = now + seconds
         if now >= deadline:
             break
@@ -459,6 +438,8 @@ async def run_schedule(
             elapsed = round(now - started)
             rss, fds = process_usage()
             report.samples.append((elapsed, round(rss / (1 << 20), 1), fds))
+            if server_usage is not None and (usage := server_usage()) is not None:
+                report.server_samples.append((elapsed, round(usage[0] / (1 << 20), 1), usage[1]))
             if memory is not None and deadline != math.inf:
                 memory.sample(elapsed)
             if on_sample is not None:
@@ -483,6 +464,8 @@ async def run_schedule(
             report.recoveries.append((fault, trio.current_time() - ended))
             fault = (follow_ups or {}).get(fault)
     report.rss_end, report.fds_end = process_usage()
+    if server_usage is not None and (usage := server_usage()) is not None:
+        report.server_rss_end, report.server_fds_end = usage
     if memory is not None:
         report.memory = memory.finish()
 
@@ -506,12 +489,8 @@ async def run_soak(
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
     report.recovery_bound = RECOVERY_BOUND
-    workload = Workload(report)
     started = time.monotonic()
-    async with trio.open_nursery() as nursery, open_soak_rig(nursery) as rig:
-        agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
-        for agent in agents:
-            await agent.start(nursery)
+    async with trio.open_nursery() as nursery, open_soak_rig(nursery, ids, report) as rig:
         async with ConstellationDeviceManager(task_name="soak", **MANAGER_SETTINGS) as manager:  # type: ignore[arg-type]
             manager.add_devices(rig.device(device_id, max_retries=1000) for device_id in ids)
             async with trio.open_nursery() as load:
@@ -529,14 +508,14 @@ async def run_soak(
                     fault_warmup=fault_warmup,
                     fault_every=fault_every,
                     faults=faults,
-                    inject=partial(inject_rig_fault, rig=rig, agents=agents, rng=rng, nursery=nursery),
+                    inject=partial(inject_rig_fault, rig=rig, ids=ids, rng=rng),
                     all_back=partial(_all_back, manager, ids),
                     trace_memory=trace_memory,
+                    server_usage=rig.device_side.usage,
                 )
                 # The callers stop; a call in flight is cancelled with them and still counts as one call, one end.
                 load.cancel_scope.cancel()
-        for agent in agents:
-            agent.kill()
+        await rig.device_side.stop()  # its last records read
         nursery.cancel_scope.cancel()
     report.leftover_tasks = sorted(
         task.name for n in trio.lowlevel.current_task().child_nurseries for task in n.child_tasks

@@ -4,11 +4,13 @@ cut off from Redis alone.
 
     member A ─┐  (in this process; they carry the callers)
     member B ─┼─ws─▶ FaultProxy ──▶ AIP server ◀── DeviceAgent × N      (.engine.SoakRig)
+              │                     └────── .device_side ────┘
     member C ─┘  (tests/soak/member_process.py, a process of its own: SIGKILLed and started again)
         └──────── all three on one redis-server (a process this soak starts, kills and starts again);
                   C's link to it through a TcpProxy (tests/fleet/peers.py) that the schedule cuts
 
-The fault proxy and C's Redis link each run in a process of their own (tests/soak/proxy_process.py).
+The fault proxy and C's Redis link each run in a process of their own (tests/soak/proxy_process.py), and so do
+the server and the agents (tests/soak/device_side.py): A and B share this process with the checks alone.
 
 Reused from :mod:`.engine`: the devices' ``work`` tool and its exact records, the agents, the callers, the fault
 loop, the five rig faults. Added here:
@@ -70,6 +72,7 @@ import psutil
 import trio
 
 from galaxy_trio import ConstellationDeviceManager, DeviceConfig, DeviceStatus
+from galaxy_trio.aip import ClientType
 from galaxy_trio.fleet import FleetMember, FleetRegistry, RegistryUnavailable, fair_share, open_fleet_member
 from galaxy_trio.manager import DeviceNotConnected, EventKind
 
@@ -79,10 +82,8 @@ from .engine import (
     MANAGER_SETTINGS,
     POLL_EVERY,
     RECOVERY_BOUND,
-    SoakAgent,
     SoakReport,
     SoakRig,
-    Workload,
     inject_rig_fault,
     open_soak_rig,
     run_caller,
@@ -450,8 +451,9 @@ async def _all_back(
         drivers = _drivers(ids, members, process)
         share = fair_share(len(ids), len(members) + (process.member_id is not None and process.alive))
         balanced = max(Counter(found[0] for found in drivers if found).values(), default=0) <= share
-        if balanced and all(len(found) == 1 for found in drivers) and rig.server.running:
-            if rig.server.constellations() == expected:
+        if balanced and all(len(found) == 1 for found in drivers) and rig.device_side.server_running:
+            online = await rig.device_side.online() or {}
+            if sorted(c for c, role in online.items() if role == ClientType.CONSTELLATION.value) == expected:
                 try:
                     owners = await leases.owners(ids)
                 except RegistryUnavailable:
@@ -470,7 +472,7 @@ async def _not_back(
         owners: list[str | None] | str = await leases.owners(ids)
     except RegistryUnavailable as exc:
         owners = f"unknown ({exc})"
-    online = rig.server.online() if rig.server.running else {}
+    online = await rig.device_side.online() or {}
     all_drivers = _drivers(ids, members, process)
     found = []
     for index, (device_id, drivers) in enumerate(zip(ids, all_drivers, strict=True)):
@@ -529,7 +531,6 @@ async def run_fleet_soak(
     report.recovery_bound = lease_ttl + RECOVERY_BOUND
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
-    workload = Workload(report)
     book = ClaimBook(report)
     started = time.monotonic()
     async with (
@@ -542,10 +543,7 @@ async def run_fleet_soak(
             await redis.start()
         # Member C's way to Redis, which the partition cuts (in a process of its own: see .proxy_process).
         redis_link = await children.enter_async_context(open_proxy_process("tcp", redis.port))
-        rig = await children.enter_async_context(open_soak_rig(nursery))
-        agents = [SoakAgent(device_id, rig.server.url, workload) for device_id in ids]
-        for agent in agents:
-            await agent.start(nursery)
+        rig = await children.enter_async_context(open_soak_rig(nursery, ids, report))
         configs = [rig.device(device_id, max_retries=1000) for device_id in ids]
         process = MemberProcess(
             {
@@ -586,7 +584,7 @@ async def run_fleet_soak(
                 report.partitions.append((held, len(process.claims)))
                 await redis_link.restore()
             else:
-                await inject_rig_fault(fault, rig=rig, agents=agents, rng=rng, nursery=nursery)
+                await inject_rig_fault(fault, rig=rig, ids=ids, rng=rng)
 
         async with (
             open_redis_registry(redis.url, namespace=NAMESPACE, client_name="soak-observer") as leases,
@@ -620,6 +618,7 @@ async def run_fleet_soak(
                     follow_ups={"member_kill": "member_restart"},
                     trace_memory=trace_memory,
                     describe=partial(_not_back, members, process, rig, leases, ids),
+                    server_usage=rig.device_side.usage,
                 )
                 book.close_outages(time.time())
                 attribute_outages(report)
@@ -627,8 +626,7 @@ async def run_fleet_soak(
                 load.cancel_scope.cancel()
             await process.stop()
         book.finish(time.time())
-        for agent in agents:
-            agent.kill()
+        await rig.device_side.stop()  # its last records read
         await redis.kill()
         nursery.cancel_scope.cancel()
     report.leftover_tasks = sorted(

@@ -21,3 +21,6 @@ async def test_sixty_seconds_of_faults_and_tasks_break_no_invariant() -> None:
     assert report.results_by_kind["completed"] >= 100, figures  # and so did the load
     assert report.rss_drift < 0.10, figures
     assert report.fd_drift <= 5, figures
+    # The device side's process (the server and the agents) too.
+    assert report.server_rss_drift < 0.10, figures
+    assert report.server_fd_drift <= 5, figures

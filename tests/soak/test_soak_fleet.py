@@ -48,6 +48,9 @@ async def test_sixty_seconds_of_fleet_faults_and_tasks_break_no_invariant() -> N
     assert report.results_by_kind["completed"] >= 100, figures  # and so did the load
     assert report.rss_drift < 0.10, figures
     assert report.fd_drift <= 5, figures
+    # The device side's process (the server and the agents) too.
+    assert report.server_rss_drift < 0.10, figures
+    assert report.server_fd_drift <= 5, figures
 
 
 def test_two_members_claiming_one_device_longer_than_the_slack_is_a_violation() -> None:

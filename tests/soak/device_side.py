@@ -43,6 +43,7 @@ from galaxy_trio.agent import DeviceAgent, DeviceInfoProvider, ToolRegistry, add
 from galaxy_trio.aip import ToolType
 
 from ..faults.rig import AGENT_OPTIONS, FAST_PROBES, TOKEN, ServerHandle
+from .lines import lines_of, write_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How long the device side may take to start (the server and every agent) and to stop.
@@ -89,22 +90,19 @@ class DeviceSide:
         assert process.stdout is not None
         started = False
         try:
-            pending = b""
-            while chunk := await process.stdout.receive_some(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    word, _, rest = line.decode().partition(" ")
-                    if word == "run":
-                        self._on_run(rest)
-                    elif word == "overlap":
-                        self._on_overlap(int(rest))
-                    elif word == "ready" and not started:
-                        self.port = int(rest)
-                        self.server_running = True
-                        started = True
-                        task_status.started(self)
-                    else:
-                        self._answers_in.send_nowait(line.decode())
+            async for line in lines_of(process.stdout):
+                word, _, rest = line.decode().partition(" ")
+                if word == "run":
+                    self._on_run(rest)
+                elif word == "overlap":
+                    self._on_overlap(int(rest))
+                elif word == "ready" and not started:
+                    self.port = int(rest)
+                    self.server_running = True
+                    started = True
+                    task_status.started(self)
+                else:
+                    self._answers_in.send_nowait(line.decode())
             if not started:
                 raise RuntimeError(f"the device side exited before it was ready: {process.returncode}")
         finally:
@@ -236,25 +234,12 @@ class _Agent:
             self._scope = None
 
 
-async def _write_lines(out: trio.abc.SendStream, lines: trio.MemoryReceiveChannel[bytes]) -> None:
-    """The one writer of stdout: whatever has queued up goes in one write."""
-    async with lines:
-        async for line in lines:
-            batch = [line]
-            while True:
-                try:
-                    batch.append(lines.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await out.send_all(b"".join(batch))
-
-
 async def _serve(config: dict[str, Any]) -> None:
     out = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))  # (non-blocking: a busy parent must not stall us)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     lines_in, lines = trio.open_memory_channel[bytes](1 << 14)
     async with out, stdin, trio.open_nursery() as writing:
-        writing.start_soon(_write_lines, out, lines)
+        writing.start_soon(write_lines, out, lines)
         # When this block ends, the last sender closes: the writer writes what is queued and ends.
         async with lines_in, trio.open_nursery() as nursery:
             server = ServerHandle(nursery)
@@ -276,31 +261,28 @@ async def _obey(
     nursery: trio.Nursery,
 ) -> None:
     """Carry out each command line until stdin closes."""
-    pending = b""
-    while chunk := await stdin.receive_some(4096):
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            word, _, device_id = line.decode().partition(" ")
-            if word in ("kill", "start") and device_id not in agents:
-                answer = f"error no device {device_id!r}"
-            elif word == "kill":
-                agents[device_id].kill()
-                answer = "ok"
-            elif word == "start":
-                await agents[device_id].start(nursery)
-                answer = "ok"
-            elif word == "stop_server":
-                await server.stop()
-                answer = "ok"
-            elif word == "start_server":
-                await server.start()
-                answer = "ok"
-            elif word == "online":
-                online = {c: role.value for c, role in server.online().items()} if server.running else None
-                answer = f"online {json.dumps(online)}"
-            else:
-                answer = f"error unknown command {line!r}"
-            await answers.send(answer.encode() + b"\n")
+    async for line in lines_of(stdin):
+        word, _, device_id = line.decode().partition(" ")
+        if word in ("kill", "start") and device_id not in agents:
+            answer = f"error no device {device_id!r}"
+        elif word == "kill":
+            agents[device_id].kill()
+            answer = "ok"
+        elif word == "start":
+            await agents[device_id].start(nursery)
+            answer = "ok"
+        elif word == "stop_server":
+            await server.stop()
+            answer = "ok"
+        elif word == "start_server":
+            await server.start()
+            answer = "ok"
+        elif word == "online":
+            online = {c: role.value for c, role in server.online().items()} if server.running else None
+            answer = f"online {json.dumps(online)}"
+        else:
+            answer = f"error unknown command {line!r}"
+        await answers.send(answer.encode() + b"\n")
 
 
 if __name__ == "__main__":

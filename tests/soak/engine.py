@@ -85,6 +85,10 @@ class SoakReport:
     results: int = 0
     #: Calls still running when the load stopped (cancelled with their caller: at most one per caller).
     cut_short: int = 0
+    #: Calls whose caller's process was killed while they ran (fleet mode's member C): no outcome came back.
+    lost_with_member: int = 0
+    #: The longest time a call took to end (seconds): a call that hangs shows here (it ends cut short at the end).
+    longest_call: float = 0.0
     callers: int = 0
     results_by_kind: Counter[str] = field(default_factory=Counter)
     #: Documented refusals (fleet mode: RegistryUnavailable, DeviceNotConnected), by type: an outcome, not an error.
@@ -125,6 +129,9 @@ class SoakReport:
     #: With ``trace_memory``: where memory went between the baseline and the end (:class:`.memory.MemoryTrace`).
     memory: dict[str, Any] = field(default_factory=dict)
 
+    def note_call_time(self, seconds: float) -> None:
+        self.longest_call = max(self.longest_call, seconds)
+
     @property
     def worst_recovery(self) -> float:
         return max((seconds for _, seconds in self.recoveries), default=0.0)
@@ -161,10 +168,12 @@ class SoakReport:
     def violations(self) -> list[str]:
         found = []
         ended = self.results + sum(self.refusals.values()) + len(self.raised) + self.cut_short
+        ended += self.lost_with_member
         if ended != self.calls or self.cut_short > self.callers:
             found.append(
                 f"{self.calls} calls but {self.results} results, {sum(self.refusals.values())} refusals, "
-                f"{len(self.raised)} raised ({self.cut_short} cut short at the end)"
+                f"{len(self.raised)} raised ({self.cut_short} cut short at the end, {self.lost_with_member} lost "
+                "with a killed member)"
             )
         found += [f"a call raised: {text}" for text in self.raised]
         twice = [f"c{c}-{n}" for c, runs in self.executions.items() for n, k in enumerate(runs) if k > 1]
@@ -192,6 +201,8 @@ class SoakReport:
             "calls": self.calls,
             "results": self.results,
             "cut_short_at_end": self.cut_short,
+            "lost_with_member": self.lost_with_member,
+            "longest_call_s": round(self.longest_call, 2),
             "results_by_kind": dict(self.results_by_kind),
             "refusals": dict(self.refusals),
             "executions": sum(sum(runs) for runs in self.executions.values()),
@@ -243,6 +254,11 @@ def _parse(token: str) -> tuple[int, int]:
 def record_run(report: SoakReport, token: str) -> None:
     """A device began to execute the task ``token`` (a ``run`` line of the device side)."""
     _bump(report.executions, *_parse(token))
+
+
+def record_completed(report: SoakReport, token: str) -> None:
+    """The call of task ``token`` returned a TaskResult that said completed."""
+    _bump(report.completed, *_parse(token), 1)
 
 
 def record_overlap(report: SoakReport, running: int) -> None:
@@ -329,10 +345,12 @@ async def run_caller(
         device_id = rng.choice(ids)
         request = json.dumps({"tool_name": "work", "parameters": {"token": token, "ms": rng.randint(0, 200)}})
         report.calls += 1
+        began = trio.current_time()
         try:
             result = await assign(token, device_id, request)
         except refusals as exc:
             report.refusals[type(exc).__name__] += 1
+            report.note_call_time(trio.current_time() - began)
             await trio.sleep(0.1)
             continue
         except Exception as exc:
@@ -343,11 +361,12 @@ async def run_caller(
             # Cancelled with the load — bare, or in a group of Cancelled when it crossed a nursery inside the call.
             report.cut_short += 1
             raise
+        report.note_call_time(trio.current_time() - began)
         report.results += 1
         assert isinstance(result, TaskResult)
         report.results_by_kind[result.status if result.ok else f"failed/{result.error_type}"] += 1
         if result.ok:
-            _bump(report.completed, number, n, 1)
+            record_completed(report, token)
         await trio.sleep(rng.uniform(0.0, 0.05))
 
 

@@ -12,8 +12,8 @@ cut off from Redis alone.
 The fault proxy and C's Redis link each run in a process of their own (tests/soak/proxy_process.py), and so do
 the server and the agents (tests/soak/device_side.py): A and B share this process with the checks alone.
 
-Reused from :mod:`.engine`: the devices' ``work`` tool and its exact records, the agents, the callers, the fault
-loop, the five rig faults. Added here:
+Reused from :mod:`.engine`: the rig (the device side with the devices' ``work`` tool and its exact records, the
+fault proxy), the callers, the fault loop, the five rig faults. Added here:
 
 - **Redis restarted**: redis-server SIGKILLed and started again on the same port with no persistence, so the fleet
   finds it *empty* (no catalog, no task_name, no leases, no members, no mailboxes): the harsher case. (Redis cannot
@@ -28,7 +28,7 @@ loop, the five rig faults. Added here:
   back, C recovers and takes its share again (the recovery, measured from the link's return).
 
 Invariants, on top of the single-manager soak's (one outcome per call, no task run twice, none overlapping, nothing
-left at exit, RSS and descriptors of this process):
+left at exit, RSS and descriptors of this process and of the device side):
 
 - a call ends in one ``TaskResult`` or one of the documented refusals — :class:`RegistryUnavailable` (the device
   is another member's and Redis does not answer), :class:`DeviceNotConnected` (its owner holds the lease but has
@@ -86,9 +86,11 @@ from .engine import (
     SoakRig,
     inject_rig_fault,
     open_soak_rig,
+    record_completed,
     run_caller,
     run_schedule,
 )
+from .lines import lines_of
 from .proxy_process import open_proxy_process
 
 FLEET_FAULTS = (*FAULTS, "redis_restart", "member_kill", "member_partition")
@@ -102,6 +104,10 @@ REGISTERED = (DeviceStatus.IDLE, DeviceStatus.BUSY)
 #: a round trip after the server does, and the new one may register in between.
 OVERLAP_SLACK = 0.5
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Member C's caller numbers: incarnation k's callers are k * this + 0, 1, ... (the in-process ones: 0, 1, ...).
+CALLER_NUMBERS_PER_INCARNATION = 1000
+#: The words of member C's lines about its callers' calls (see :meth:`MemberProcess._note_call`).
+CALL_LINES = ("call", "result", "refused", "raised")
 #: How long redis-server may take to say it accepts connections (a start, or a restart by the schedule).
 REDIS_START_WITHIN = 30.0
 
@@ -111,6 +117,10 @@ class FleetSoakReport(SoakReport):
     """A :class:`SoakReport` plus what only fleet mode has: members' overlapping claims, the member process."""
 
     members: int = 3
+    #: Of ``callers``, how many run in member C's process (each incarnation has its own), and how their calls
+    #: ended: ``calls``, then per result kind (``completed``, ``failed/...``), refusal type, or ``raised``.
+    member_callers: int = 0
+    member_outcomes: Counter[str] = field(default_factory=Counter)
     lease_ttl: float = 0.0
     overlap_slack: float = OVERLAP_SLACK
     #: How often two members' claims on one device overlapped (however briefly), and the longest overlap (s).
@@ -167,6 +177,11 @@ class FleetSoakReport(SoakReport):
 
     def violations(self) -> list[str]:
         found = super().violations()
+        if self.lost_with_member > self.member_callers * self.faults["member_kill"]:
+            found.append(
+                f"{self.lost_with_member} calls lost with member C, more than its {self.member_callers} callers had "
+                f"in flight at its {self.faults['member_kill']} kills"
+            )
         if self.double_drives:
             found.append(
                 f"devices driven by two members at once (> {self.overlap_slack:g} s): {self.double_drives[:10]}"
@@ -183,6 +198,8 @@ class FleetSoakReport(SoakReport):
         return {
             **super().figures(),
             "members": self.members,
+            "member_callers": self.member_callers,
+            "member_outcomes": dict(self.member_outcomes),
             "lease_ttl_s": self.lease_ttl,
             "outages": self.outages,
             "longest_outage_s": round(self.longest_outage, 2),
@@ -281,11 +298,24 @@ async def _shielded(cleanup: Callable[[], Awaitable[None]]) -> None:
 class MemberProcess:
     """Member C: ``member_process.py`` in a child process, one incarnation (and member id) per start."""
 
-    def __init__(self, config: dict[str, Any], book: ClaimBook, report: FleetSoakReport, nursery: trio.Nursery):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        book: ClaimBook,
+        report: FleetSoakReport,
+        nursery: trio.Nursery,
+        *,
+        callers: int = 0,
+        seed: int = 0,
+    ):
         self._config = config
         self._book = book
         self._report = report
         self._nursery = nursery
+        self._callers = callers
+        self._seed = seed
+        #: The calls of the live incarnation's callers that have begun and not ended: token → when it began.
+        self._open: dict[str, float] = {}
         self.incarnation = 0
         self.member_id: str | None = None
         self._process: trio.Process | None = None
@@ -307,7 +337,10 @@ class MemberProcess:
     async def start(self) -> None:
         self.incarnation += 1
         self.member_id = member_id = f"soak-c{self.incarnation}"
-        config = {**self._config, "member_id": member_id}
+        # Caller numbers unique to this incarnation, so that its tasks' tokens are too; a seed of its own.
+        callers = [CALLER_NUMBERS_PER_INCARNATION * self.incarnation + i for i in range(self._callers)]
+        seed = self._seed * CALLER_NUMBERS_PER_INCARNATION + self.incarnation
+        config = {**self._config, "member_id": member_id, "callers": callers, "caller_seed": seed}
         command = [sys.executable, "-m", "tests.soak.member_process", json.dumps(config)]
         self._process = process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, cwd=REPO_ROOT)
         self._report.member_process.append({"member_id": member_id, "pid": process.pid, "samples": []})
@@ -320,28 +353,51 @@ class MemberProcess:
         self, process: trio.Process, member_id: str, read_all: trio.Event, *, task_status: trio.TaskStatus[None]
     ) -> None:
         assert process.stdout is not None
-        pending = b""
         started = False
         try:
             async with process.stdout:
-                while chunk := await process.stdout.receive_some(65536):
-                    *lines, pending = (pending + chunk).split(b"\n")
-                    for line in lines:
-                        word, _, rest = line.decode().partition(" ")
-                        if word == "ready" and not started:
-                            started = True
-                            task_status.started()
-                        elif word in ("claim", "release"):
-                            at, _, device_id = rest.partition(" ")
-                            change = self._book.claim if word == "claim" else self._book.release
-                            change(member_id, device_id, float(at))
-                        elif word == "claims":
-                            at, _, devices = rest.partition(" ")
-                            self._book.set_claims(member_id, set(json.loads(devices)), float(at))
+                async for line in lines_of(process.stdout):
+                    word, _, rest = line.decode().partition(" ")
+                    if word == "ready" and not started:
+                        started = True
+                        task_status.started()
+                    elif word in ("claim", "release"):
+                        at, _, device_id = rest.partition(" ")
+                        change = self._book.claim if word == "claim" else self._book.release
+                        change(member_id, device_id, float(at))
+                    elif word == "claims":
+                        at, _, devices = rest.partition(" ")
+                        self._book.set_claims(member_id, set(json.loads(devices)), float(at))
+                    elif word in CALL_LINES:
+                        self._note_call(word, rest)
             if not started:
                 raise RuntimeError(f"member process {member_id} exited before joining: {process.returncode}")
         finally:
             read_all.set()
+
+    def _note_call(self, word: str, rest: str) -> None:
+        """A line about one of C's calls: ``call <token>`` as it begins, then one end — ``result <token> <kind>``,
+        ``refused <token> <exception type>`` or ``raised <token> <text>`` (see ``member_process.py``)."""
+        token, _, detail = rest.partition(" ")
+        report = self._report
+        if word == "call":
+            report.calls += 1
+            report.member_outcomes["calls"] += 1
+            self._open[token] = trio.current_time()
+            return
+        began = self._open.pop(token, None)
+        if began is not None:
+            report.note_call_time(trio.current_time() - began)
+        report.member_outcomes[detail if word != "raised" else "raised"] += 1
+        if word == "result":
+            report.results += 1
+            report.results_by_kind[detail] += 1
+            if detail == "completed":
+                record_completed(report, token)
+        elif word == "refused":
+            report.refusals[detail] += 1
+        else:
+            report.raised.append(f"(member C) {detail}")
 
     def sample(self) -> None:
         """One RSS/fd sample of the live incarnation (seconds since the soak's faults began, or -1 before)."""
@@ -368,6 +424,9 @@ class MemberProcess:
         await self._wait_read()
         assert self.member_id is not None
         self._book.set_claims(self.member_id, set(), killed_at)
+        # Its callers' calls in flight died with it: no outcome can come back (at most one per caller).
+        self._report.lost_with_member += len(self._open)
+        self._open.clear()
 
     def abandon(self) -> None:
         """SIGKILL the live incarnation, if any, without waiting: the soak is ending abnormally, and an orphaned
@@ -396,6 +455,9 @@ class MemberProcess:
         await self._wait_read()
         assert self.member_id is not None
         self._book.set_claims(self.member_id, set(), time.time())
+        # Its callers stopped as it left: a call in flight was cut short, as the in-process callers' are.
+        self._report.cut_short += len(self._open)
+        self._open.clear()
 
     async def _wait_read(self) -> None:
         if self._read_all is not None:
@@ -513,6 +575,7 @@ async def run_fleet_soak(
     seconds: float,
     devices: int = 12,
     callers: int = 4,
+    member_callers: int = 2,
     seed: int = 1,
     fault_every: float = 4.0,
     warmup: float = 5.0,
@@ -522,12 +585,16 @@ async def run_fleet_soak(
     trace_memory: int | None = None,
 ) -> FleetSoakReport:
     """Run the fleet soak for ``seconds`` (after ``warmup`` and ``fault_warmup``, as :func:`.engine.run_soak`) and
-    return what it saw; see the module docstring.
+    return what it saw; see the module docstring. ``callers`` run in this process, on members A and B in turn, and
+    ``member_callers`` more in member C's process (each incarnation its own: calls that C must route through
+    Redis, refused while it is partitioned).
     ``faults`` and ``trace_memory``: as for :func:`.engine.run_soak` (member C's process is not traced)."""
     binary = redis_binary()
     from galaxy_trio.fleet.redis import open_redis_registry  # needs the fleet extra (valkey-glide)
 
-    report = FleetSoakReport(devices=devices, callers=callers, lease_ttl=lease_ttl)
+    report = FleetSoakReport(
+        devices=devices, callers=callers + member_callers, member_callers=member_callers, lease_ttl=lease_ttl
+    )
     report.recovery_bound = lease_ttl + RECOVERY_BOUND
     rng = random.Random(seed)
     ids = [f"soak-{i:03d}" for i in range(devices)]
@@ -559,6 +626,8 @@ async def run_fleet_soak(
             book,
             report,
             nursery,
+            callers=member_callers,
+            seed=seed,
         )
         children.callback(process.abandon)
 

@@ -34,6 +34,7 @@ import trio
 
 from ..faults.proxy import FaultProxy
 from ..fleet.peers import TcpProxy
+from .lines import lines_of, read_line
 
 KINDS = ("faults", "tcp")
 
@@ -51,7 +52,7 @@ class ProxyProcess:
         assert self._process.stdin is not None and self._process.stdout is not None
         async with self._lock:
             await self._process.stdin.send_all(word + b"\n")
-            return await read_line(self._process.stdout)
+            return await read_line(self._process.stdout, "the proxy process")
 
     async def _command(self, word: bytes) -> None:
         answer = await self._ask(word)
@@ -89,17 +90,6 @@ class ProxyProcess:
         await self._command(b"open")
 
 
-async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
-    """One line from ``stream``, stripped (read a byte at a time: nothing after the line is taken)."""
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await stream.receive_some(1)
-        if not chunk:
-            raise RuntimeError(f"the proxy process exited (after {line!r})")
-        line += chunk
-    return line.strip()
-
-
 @asynccontextmanager
 async def open_proxy_process(kind: str, target_port: int) -> AsyncIterator[ProxyProcess]:
     """Start a ``kind`` proxy process towards 127.0.0.1:``target_port``; it is killed when the block ends."""
@@ -110,7 +100,7 @@ async def open_proxy_process(kind: str, target_port: int) -> AsyncIterator[Proxy
     try:
         assert process.stdout is not None
         with trio.fail_after(30):
-            port = int(await read_line(process.stdout))
+            port = int(await read_line(process.stdout, "the proxy process"))
         yield ProxyProcess(process, port)
     finally:
         process.kill()
@@ -197,17 +187,13 @@ async def _serve(kind: str, target_port: int) -> None:
         out = trio.lowlevel.FdStream(sys.stdout.fileno())
         await out.send_all(f"{port}\n".encode())
         stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-        pending = b""
-        while chunk := await stdin.receive_some(4096):
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                command = commands.get(line)
-                if line == b"state":
-                    await out.send_all(json.dumps(state()).encode() + b"\n")
-                    continue
-                if command is None:
-                    await out.send_all(f"unknown command for a {kind} proxy: {line!r}\n".encode())
-                    continue
+        async for line in lines_of(stdin):
+            command = commands.get(line)
+            if line == b"state":
+                await out.send_all(json.dumps(state()).encode() + b"\n")
+            elif command is None:
+                await out.send_all(f"unknown command for a {kind} proxy: {line!r}\n".encode())
+            else:
                 await command()
                 await out.send_all(b"ok\n")
         nursery.cancel_scope.cancel()  # the parent went away

@@ -46,6 +46,10 @@ async def test_sixty_seconds_of_fleet_faults_and_tasks_break_no_invariant() -> N
     assert report.faults["member_restart"] == report.faults["member_kill"], figures
     assert len(report.member_process) == 1 + report.faults["member_kill"], figures
     assert report.results_by_kind["completed"] >= 100, figures  # and so did the load
+    # Member C's own callers: their tasks ran, and while C was cut off from Redis the calls it had to route through
+    # Redis were refused (not left hanging: every call ended, violations() checks).
+    assert report.member_outcomes["completed"] >= 10, figures
+    assert report.member_outcomes["RegistryUnavailable"] >= 1, figures
     assert report.rss_drift < 0.10, figures
     assert report.fd_drift <= 5, figures
     # The device side's process (the server and the agents) too.
@@ -96,3 +100,12 @@ def test_a_member_still_driving_when_its_redis_link_comes_back_is_a_violation() 
     (violation,) = report.violations()
     assert "still drove 2 of its 4 devices" in violation
     assert report.figures()["partitions"] == [(4, 0), (4, 2)]
+
+
+def test_more_calls_lost_with_member_c_than_its_callers_had_in_flight_is_a_violation() -> None:
+    report = FleetSoakReport(callers=4, member_callers=2)
+    report.faults["member_kill"] = 1
+    report.calls, report.results, report.lost_with_member = 12, 10, 2  # one call in flight per caller at the kill
+    assert report.violations() == []
+    report.calls, report.lost_with_member = 13, 3
+    assert report.violations() == ["3 calls lost with member C, more than its 2 callers had in flight at its 1 kills"]

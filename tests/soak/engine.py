@@ -328,6 +328,20 @@ async def _all_back(manager: ConstellationDeviceManager, ids: list[str]) -> None
 Assign = Callable[[str, str, str], Awaitable[TaskResult]]
 
 
+def next_task(number: int, n: int, ids: Sequence[str], rng: random.Random) -> tuple[str, str, str]:
+    """Caller ``number``'s ``n``-th task: its token ``c<number>-<n>`` (its id, and what the device records), a
+    random device, and a ``work`` request of 0-200 ms. Shared by the soak's callers and member C's."""
+    token = f"c{number}-{n}"
+    device_id = rng.choice(ids)
+    request = json.dumps({"tool_name": "work", "parameters": {"token": token, "ms": rng.randint(0, 200)}})
+    return token, device_id, request
+
+
+def result_kind(result: TaskResult) -> str:
+    """How a TaskResult is counted: its status if it succeeded, else ``failed/<error type>``."""
+    return result.status if result.ok else f"failed/{result.error_type}"
+
+
 async def run_caller(
     number: int,
     assign: Assign,
@@ -341,9 +355,7 @@ async def run_caller(
     n = 0
     while True:
         n += 1
-        token = f"c{number}-{n}"
-        device_id = rng.choice(ids)
-        request = json.dumps({"tool_name": "work", "parameters": {"token": token, "ms": rng.randint(0, 200)}})
+        token, device_id, request = next_task(number, n, ids, rng)
         report.calls += 1
         began = trio.current_time()
         try:
@@ -364,7 +376,7 @@ async def run_caller(
         report.note_call_time(trio.current_time() - began)
         report.results += 1
         assert isinstance(result, TaskResult)
-        report.results_by_kind[result.status if result.ok else f"failed/{result.error_type}"] += 1
+        report.results_by_kind[result_kind(result)] += 1
         if result.ok:
             record_completed(report, token)
         await trio.sleep(rng.uniform(0.0, 0.05))

@@ -40,13 +40,14 @@ from typing import Any
 import trio
 
 from galaxy_trio import DeviceConfig, DeviceStatus
-from galaxy_trio.fleet import FleetMember, RegistryUnavailable, open_fleet_member
-from galaxy_trio.manager import ConstellationDeviceManager, DeviceNotConnected, EventKind, EventSubscription
+from galaxy_trio.fleet import FleetMember, open_fleet_member
+from galaxy_trio.manager import ConstellationDeviceManager, EventKind, EventSubscription
 
+from .engine import next_task, result_kind
+from .fleet_engine import REFUSALS
 from .lines import write_lines
 
 REGISTERED = (DeviceStatus.IDLE, DeviceStatus.BUSY)
-REFUSALS: tuple[type[Exception], ...] = (RegistryUnavailable, DeviceNotConnected)
 
 
 async def run_member(config: dict[str, Any]) -> None:
@@ -118,9 +119,7 @@ async def _call(
     n = 0
     while True:
         n += 1
-        token = f"c{number}-{n}"
-        device_id = rng.choice(ids)
-        request = json.dumps({"tool_name": "work", "parameters": {"token": token, "ms": rng.randint(0, 200)}})
+        token, device_id, request = next_task(number, n, ids, rng)
         await lines.send(f"call {token}\n".encode())
         try:
             result = await member.assign_task_to_device(token, device_id, request)
@@ -133,8 +132,7 @@ async def _call(
             await lines.send(f"raised {token} {text}\n".encode())
             await trio.sleep(0.1)
             continue
-        kind = result.status if result.ok else f"failed/{result.error_type}"
-        await lines.send(f"result {token} {kind}\n".encode())
+        await lines.send(f"result {token} {result_kind(result)}\n".encode())
         await trio.sleep(rng.uniform(0.0, 0.05))
 
 

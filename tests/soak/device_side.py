@@ -12,13 +12,14 @@ agent per device with the soak's ``work`` tool, and writes one line per event on
 - the answer to each command (below): ``ok``, ``online <json>``, or ``error <text>``.
 
 Commands, one per line on stdin, answered in order once carried out: ``kill <device>`` and ``start <device>`` (an
-agent stopped at once, and a fresh one started), ``stop_server`` and ``start_server`` (the server cancelled, its
+agent stopped at once, and a fresh one started — ``start`` answers once it has registered, so it needs the
+server up: the soak's faults never overlap), ``stop_server`` and ``start_server`` (the server cancelled, its
 connections closing as it unwinds, and started again on the same port), ``online`` (the registered clients and
 their roles, as JSON; ``null`` while the server is stopped). When stdin closes the child stops its agents and its
 server, writes what it has not written yet, and exits.
 
 Why a process: at 500 devices the soak's process, with the server and the agents in it beside members A and B,
-saturated a core (in a profile, the server's connections took a quarter of its samples and the agents a tenth),
+saturated a core (in a profile, the server's connections took a quarter of its samples and the agents 5-9 %),
 and the members' heartbeats, reconnects and lease renewals waited their turn behind them — in a 20-minute run,
 19 of 96 faults took longer than their bound to recover, every stuck device at a member of that process. A real
 fleet's managers do not share a core with the devices' server. :class:`DeviceSide` runs it from a soak.

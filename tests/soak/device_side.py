@@ -23,6 +23,10 @@ saturated a core (in a profile, the server's connections took a quarter of its s
 and the members' heartbeats, reconnects and lease renewals waited their turn behind them — in a 20-minute run,
 19 of 96 faults took longer than their bound to recover, every stuck device at a member of that process. A real
 fleet's managers do not share a core with the devices' server. :class:`DeviceSide` runs it from a soak.
+
+(``benchmarks/_device_side.py`` is the benchmarks' device side: a load generator whose agents only register and
+answer heartbeats, with no commands and no records. The soak needs agents it can kill and start one at a time, a
+server it can restart, and an exact record of every execution, so it has this one.)
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How long the device side may take to start (the server and every agent) and to stop.
 START_WITHIN = 120.0
 STOP_WITHIN = 30.0
+#: The first words of the child's answers to commands (every other line is a record, or ``ready``).
+ANSWERS = ("ok", "online", "error")
 
 
 # --- the parent's side ---------------------------------------------------------------------------------------------
@@ -71,8 +77,7 @@ class DeviceSide:
         #: Whether the server is up, as far as this side's commands go (``stop_server`` / ``start_server``).
         self.server_running = False
         self._process: trio.Process | None = None
-        # (One command at a time, so one answer is pending at most; room for a few stray lines all the same.)
-        self._answers_in, self._answers = trio.open_memory_channel[str](16)
+        self._answers_in, self._answers = trio.open_memory_channel[str](1)
         self._lock = trio.Lock()
         self._done = trio.Event()
 
@@ -102,8 +107,10 @@ class DeviceSide:
                     self.server_running = True
                     started = True
                     task_status.started(self)
+                elif word in ANSWERS:
+                    self._answers_in.send_nowait(line.decode())  # (one command at a time: room for its answer)
                 else:
-                    self._answers_in.send_nowait(line.decode())
+                    raise RuntimeError(f"the device side wrote an unexpected line: {line[:200]!r}")
             if not started:
                 raise RuntimeError(f"the device side exited before it was ready: {process.returncode}")
         finally:

@@ -367,6 +367,7 @@ async def run_caller(
             continue
         except Exception as exc:
             report.raised.append(f"{type(exc).__name__}: {exc}"[:300])
+            report.note_call_time(trio.current_time() - began)
             await trio.sleep(0.1)
             continue
         except BaseException:

@@ -75,6 +75,11 @@ RECOVERY_BOUND: float = (
 )
 
 
+#: The longest a call may take: the task timeout (queue time included) + the recovery bound (a routed call's reply
+#: may wait out a fault). Longer, it hung.
+CALL_BOUND: float = MANAGER_SETTINGS["task_timeout"] + RECOVERY_BOUND
+
+
 @dataclass
 class SoakReport:
     """What a soak did and saw; :meth:`violations` lists every broken invariant (empty when all held)."""
@@ -187,6 +192,8 @@ class SoakReport:
         ]
         if missing:
             found.append(f"completed tasks the device never ran exactly once: {missing[:10]}")
+        if self.longest_call > CALL_BOUND:
+            found.append(f"a call took {self.longest_call:.1f} s, more than the task timeout + {RECOVERY_BOUND:g} s")
         if self.peak_overlap > 1:
             found.append(f"{self.peak_overlap} tasks ran at once on one device")
         found += [f"not recovered within {self.recovery_bound:g} s after {fault}" for fault in self.unrecovered]

@@ -15,8 +15,9 @@
   of the fleet, as the soak's own callers make them): ``call <token>`` as it begins, then one end — ``result
   <token> <kind>`` (``completed``, or ``failed/<error type>``), ``refused <token> <exception type>`` (a documented
   refusal: ``RegistryUnavailable``, ``DeviceNotConnected``) or ``raised <token> <text>`` (anything else: a
-  violation). Two thirds of its calls go to devices another member owns, through Redis: while this member is cut
-  off from Redis they must be refused, not hang.
+  violation). Two thirds of its calls go to devices another member owns, through Redis: one begun while this
+  member is cut off from Redis is refused (``RegistryUnavailable``); one already waiting for its owner's reply
+  waits for it, bounded by its deadline (the task may be running: failing it early would invite a retry).
 
 (Until 2026-12-07 each claim change wrote the whole set with a blocking write: in a 500-device run's rebalancing
 that was hundreds of KB, the pipe filled while the parent was busy, and this member's event loop froze for seconds

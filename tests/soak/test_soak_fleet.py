@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 
+from .engine import CALL_BOUND
 from .fleet_engine import FLEET_FAULTS, ClaimBook, FleetSoakReport, attribute_outages, run_fleet_soak
 
 NO_GLIDE = "the Redis client valkey-glide is not installed: pip install 'galaxy_trio[fleet]'"
@@ -46,10 +47,9 @@ async def test_sixty_seconds_of_fleet_faults_and_tasks_break_no_invariant() -> N
     assert report.faults["member_restart"] == report.faults["member_kill"], figures
     assert len(report.member_process) == 1 + report.faults["member_kill"], figures
     assert report.results_by_kind["completed"] >= 100, figures  # and so did the load
-    # Member C's own callers: their tasks ran, and while C was cut off from Redis the calls it had to route through
-    # Redis were refused (not left hanging: every call ended, violations() checks).
+    # Member C's own callers: their tasks ran, and every call ended within its bound (violations() checks). Whether
+    # one was refused while C was cut off depends on timing: a call already waiting for a reply waits it out.
     assert report.member_outcomes["completed"] >= 10, figures
-    assert report.member_outcomes["RegistryUnavailable"] >= 1, figures
     assert report.rss_drift < 0.10, figures
     assert report.fd_drift <= 5, figures
     # The device side's process (the server and the agents) too.
@@ -109,3 +109,11 @@ def test_more_calls_lost_with_member_c_than_its_callers_had_in_flight_is_a_viola
     assert report.violations() == []
     report.calls, report.lost_with_member = 13, 3
     assert report.violations() == ["3 calls lost with member C, more than its 2 callers had in flight at its 1 kills"]
+
+
+def test_a_call_that_took_longer_than_its_bound_is_a_violation() -> None:
+    report = FleetSoakReport()
+    report.note_call_time(CALL_BOUND)
+    assert report.violations() == []
+    report.note_call_time(CALL_BOUND + 0.5)
+    assert report.violations() == [f"a call took {CALL_BOUND + 0.5:.1f} s, more than the task timeout + 12 s"]
